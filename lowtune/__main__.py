@@ -1,0 +1,5 @@
+import sys
+
+from lowtune.cli import main
+
+sys.exit(main())

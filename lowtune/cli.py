@@ -1,0 +1,169 @@
+"""`lowtune train|generate|eval|models|recipes` — argparse front end; no method logic here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from lowtune.errors import LowtuneError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lowtune", description="LoRA/QLoRA post-training on one GPU or a CPU.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run a recipe: lowtune train RECIPE [section.field=value ...]")
+    p.add_argument("recipe", help="a recipe YAML file or a shipped recipe name (`lowtune recipes`)")
+    p.add_argument("overrides", nargs="*", help="overrides such as train.max_steps=50 model.name=tiny-random")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (CI logs)")
+
+    p = sub.add_parser("generate", help="chat with a model or a run's adapter")
+    p.add_argument("model", help="run directory, adapter directory, builtin name, local model or hub id")
+    p.add_argument("--prompt", required=True, action="append", help="user message (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    p = sub.add_parser("eval", help="greedy accuracy on a held-out verifiable task")
+    p.add_argument("model", help="run directory, adapter directory, builtin name, local model or hub id")
+    p.add_argument("--task", default="arithmetic", choices=["arithmetic"])
+    p.add_argument("--n", type=int, default=100, help="number of held-out problems")
+    p.add_argument("--digits", type=int, default=2)
+    p.add_argument("--operations", default="+", help="comma-separated, from + - *")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--show", type=int, default=3, help="print this many example replies")
+
+    sub.add_parser("models", help="list builtin models (size, cached or not)")
+
+    p = sub.add_parser("recipes", help="list shipped recipes, or explain recipe fields")
+    p.add_argument("--explain", metavar="METHOD", help="print every recipe field for METHOD with its doc")
+
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    from lowtune import ui
+
+    try:
+        return COMMANDS[args.command](args)
+    except LowtuneError as e:
+        ui.error(str(e))
+        return 2
+    except KeyboardInterrupt:
+        ui.error("interrupted")
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and warnings would drown lowtune's own output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def cmd_train(args) -> int:
+    from lowtune import recipes, ui
+    from lowtune.config import load_recipe
+
+    path = recipes.find_recipe(args.recipe)
+    recipe = load_recipe(path, args.overrides)
+    if args.quiet:
+        recipe.output.quiet = True
+    run, summary = recipes.train(recipe)
+    rows = [
+        ("run", str(run.path)),
+        ("model", summary["model"]),
+        ("device", summary["device"]),
+        ("steps", str(summary["steps"])),
+        ("wall time", f"{summary['wall_time_s']:.1f} s ({summary['s_per_step']:.2f} s/step)"),
+        ("tokens/s", f"{summary['tokens_per_s']:,.0f}"),
+        ("peak memory", f"{summary['peak_memory_mb']:,.0f} MiB"),
+        ("loss", f"{summary['first_loss']:.4f} → {summary['final_loss']:.4f}" if summary["final_loss"] else "-"),
+    ]
+    before, after = summary.get("eval_before"), summary.get("eval_after")
+    if before and after:
+        rows.append((f"{before['task']} accuracy (n={before['n']})", f"{before['accuracy']:.0%} → {after['accuracy']:.0%}"))
+    ui.summary_table(f"lowtune {summary['method']}", rows)
+    ui.say(f"adapter saved to {run.adapter}; try: lowtune generate {run.path} --prompt \"What is 23 + 58?\"")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from lowtune import evaluate, models, ui
+
+    model, tokenizer, name = models.load_for_inference(args.model, args.device, say=ui.say)
+    replies = evaluate.generate(
+        model, tokenizer, args.prompt, args.max_new_tokens, do_sample=args.temperature > 0,
+        temperature=args.temperature or 1.0,
+    )
+    for prompt, reply in zip(args.prompt, replies):
+        ui.console.print(f"[bold]user:[/] {prompt}\n[bold]assistant:[/] {reply}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from lowtune import evaluate, models, ui
+
+    if args.n <= 0:
+        raise LowtuneError("--n must be positive")
+    operations = [op.strip() for op in args.operations.split(",") if op.strip()]
+    if not operations or any(op not in ("+", "-", "*") for op in operations):
+        raise LowtuneError(f"--operations {args.operations!r}: use a comma-separated list of +, -, *")
+    model, tokenizer, name = models.load_for_inference(args.model, args.device, say=ui.say)
+    result = evaluate.arithmetic_accuracy(model, tokenizer, args.n, args.digits, operations, args.max_new_tokens)
+    rows = [[q, r.strip().replace("\n", " ")[:60], str(ref)] for q, r, ref in result.examples[: args.show]]
+    ui.table("examples", ["question", "reply", "reference"], rows)
+    ui.summary_table(
+        f"lowtune eval: {args.task}",
+        [("model", name), ("problems", f"{result.n} held-out, {args.digits} digit(s), {' '.join(operations)}"),
+         ("accuracy", f"{result.accuracy:.1%}")],
+    )
+    return 0
+
+
+def cmd_models(args) -> int:
+    from lowtune import builtin, ui
+
+    rows = [
+        [m.name, m.params, "yes" if builtin.is_cached(m.name) else "no", m.description]
+        for m in builtin.BUILTINS.values()
+    ]
+    ui.table(f"builtin models (cache: {builtin.cache_dir()})", ["name", "params", "cached", "what"], rows)
+    ui.say("any Hugging Face model id or local model directory works as model.name too")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from lowtune import recipes, ui
+    from lowtune.config import TRAIN_CONFIG_CLASSES, explain, load_recipe
+
+    if args.explain:
+        if args.explain not in TRAIN_CONFIG_CLASSES:
+            raise LowtuneError(f"unknown method {args.explain}; methods: {', '.join(TRAIN_CONFIG_CLASSES)}")
+        ui.table(f"recipe fields for {args.explain}", ["field", "default", "what"], [list(r) for r in explain(args.explain)])
+        return 0
+    rows = []
+    for name, path in recipes.shipped_recipes().items():
+        first = path.read_text().splitlines()[0].lstrip("# ").strip() if path.stat().st_size else ""
+        recipe = load_recipe(path)
+        rows.append([name, recipe.method, recipe.model.name, first])
+    ui.table("shipped recipes (lowtune train NAME)", ["name", "method", "model", "what"], rows)
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "generate": cmd_generate,
+    "eval": cmd_eval,
+    "models": cmd_models,
+    "recipes": cmd_recipes,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""Recipe schema: typed dataclasses, YAML loading, `a.b=c` overrides, validation.
+
+A recipe is one YAML file with the sections `method`, `model`, `lora`, `data`, `train`, `eval`
+and `output`. Every field below is documented where it is declared (`lowtune recipes --explain`
+prints them). The `train` section is passed through to TRL's config class for the method
+(e.g. `trl.SFTConfig`), so every TRL/transformers training argument works there and is checked
+against that class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lowtune.errors import LowtuneError, did_you_mean
+
+# method -> the TRL config class its `train` section is checked against and passed to.
+TRAIN_CONFIG_CLASSES = {"sft": "trl.SFTConfig"}
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _doc(
+        "builtin model name (`lowtune models`), Hugging Face model id, or local directory",
+        default="smollm2-135m-instruct",
+    )
+    quantization: str = _doc(
+        "auto (nf4 on CUDA, none on CPU), nf4 (QLoRA 4-bit), int8, or none (full precision)",
+        default="auto",
+    )
+    dtype: str = _doc(
+        "auto (bfloat16 on CUDA with bf16 support, else float16 on CUDA, float32 on CPU), "
+        "float32, bfloat16 or float16",
+        default="auto",
+    )
+    device: str = _doc("auto (CUDA if available, else CPU), cpu, or cuda", default="auto")
+    gradient_checkpointing: bool = _doc(
+        "recompute activations in backward: less memory, about 30% slower", default=False
+    )
+    trust_remote_code: bool = _doc(
+        "allow models that ship their own Python code (off unless you trust the source)",
+        default=False,
+    )
+
+
+@dataclass
+class LoraConfig:
+    r: int = _doc("LoRA rank", default=16)
+    alpha: float = _doc("LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA)", default=32)
+    dropout: float = _doc("dropout on the LoRA input", default=0.0)
+    target_modules: list[str] | str = _doc(
+        "modules that get adapters: `all-linear` or a list of module names", default="all-linear"
+    )
+    use_dora: bool = _doc("weight-decomposed LoRA (DoRA, Liu et al. 2024)", default=False)
+    use_rslora: bool = _doc("rank-stabilized scaling alpha / sqrt(r) (Kalajdzievski 2023)", default=False)
+
+
+@dataclass
+class DataConfig:
+    source: str = _doc(
+        "builtin task (`arithmetic`), local file (.jsonl/.json/.csv/.parquet) or directory, "
+        "or Hugging Face dataset name",
+        default="arithmetic",
+    )
+    format: str = _doc(
+        "auto (detect from columns), messages, prompt_completion, or text", default="auto"
+    )
+    subset: str | None = _doc("dataset configuration name for hub datasets", default=None)
+    split: str = _doc("split to train on (hub datasets and directories)", default="train")
+    max_rows: int | None = _doc("use at most this many rows (after shuffling with seed)", default=None)
+    seed: int = _doc("seed for the builtin task and row shuffling", default=0)
+    n_train: int = _doc("arithmetic: number of training problems", default=2000)
+    digits: int = _doc("arithmetic: digits per operand", default=2)
+    operations: list[str] = _doc(
+        "arithmetic: operations to draw from (+, -, *)", default_factory=lambda: ["+"]
+    )
+
+
+@dataclass
+class EvalConfig:
+    task: str | None = _doc(
+        "held-out task scored before and after training (`arithmetic`), or null to skip",
+        default="arithmetic",
+    )
+    n: int = _doc("number of held-out problems", default=100)
+    digits: int | None = _doc("digits per operand (default: data.digits)", default=None)
+    operations: list[str] | None = _doc("operations (default: data.operations)", default=None)
+    max_new_tokens: int = _doc("generation budget per answer (the base model reasons at length)", default=128)
+    batch_size: int = _doc("problems generated at once", default=50)
+
+
+@dataclass
+class OutputConfig:
+    dir: str = _doc("parent directory of run directories", default="runs")
+    name: str | None = _doc(
+        "run directory name (default: the method); an existing one gets a -2, -3... suffix",
+        default=None,
+    )
+    quiet: bool = _doc("no progress bar (for CI logs)", default=False)
+
+
+@dataclass
+class Recipe:
+    method: str = _doc("training method: " + ", ".join(TRAIN_CONFIG_CLASSES), default="sft")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: dict[str, Any] = _doc(
+        "fields of TRL's config class for the method, passed through", default_factory=dict
+    )
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = typing.get_type_hints(Recipe)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe YAML (or the defaults when `path` is None) and apply `a.b=c` overrides."""
+    raw: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    where = "recipe"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise LowtuneError(f"recipe {path} not found; `lowtune recipes` lists the shipped ones")
+        where = str(path)
+        text = path.read_text()
+        try:
+            raw = yaml.safe_load(text) or {}
+            lines = _key_lines(yaml.compose(text))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f":{mark.line + 1}" if mark else ""
+            raise LowtuneError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(raw, dict):
+            raise LowtuneError(f"{path}: a recipe is a mapping of sections (method, model, ...)")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LowtuneError(f"override {item!r}: write it as section.field=value, e.g. train.max_steps=50")
+        target = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise LowtuneError(f"override {item!r}: {part} is not a section")
+        target[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+        lines[key.strip()] = -1
+        for i in range(1, len(parts)):  # a new section named by an override
+            lines.setdefault(".".join(parts[:i]), -1)
+    return _build(raw, where, lines)
+
+
+def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
+    """Map dotted keys to their 1-based line in the YAML text, for error messages."""
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = f"{prefix}{k.value}"
+            out[key] = k.start_mark.line + 1
+            out.update(_key_lines(v, key + "."))
+    return out
+
+
+def _build(raw: dict[str, Any], where: str, lines: dict[str, int]) -> Recipe:
+    def at(key: str) -> str:
+        line = lines.get(key)
+        if line == -1:
+            return "override"
+        return f"{where}:{line}" if line else where
+
+    for key in raw:
+        if key not in SECTIONS:
+            raise LowtuneError(f"{at(key)}: unknown section {key}{did_you_mean(key, SECTIONS)}")
+    kwargs: dict[str, Any] = {}
+    for name, tp in SECTIONS.items():
+        if name not in raw:
+            continue
+        value = raw[name]
+        if name == "method":
+            kwargs[name] = _coerce(value, str, name, at(name))
+        elif name == "train":
+            if not isinstance(value, dict):
+                raise LowtuneError(f"{at(name)}: train must be a mapping of TRL config fields")
+            kwargs[name] = dict(value)
+        else:
+            kwargs[name] = _build_section(tp, value, name, at)
+    recipe = Recipe(**kwargs)
+    if recipe.method not in TRAIN_CONFIG_CLASSES:
+        raise LowtuneError(
+            f"{at('method')}: unknown method {recipe.method}{did_you_mean(recipe.method, TRAIN_CONFIG_CLASSES)}"
+        )
+    recipe.train = _check_train(recipe.method, recipe.train, at)
+    _check_choices(recipe, at)
+    return recipe
+
+
+def _build_section(cls: type, value: Any, name: str, at) -> Any:
+    if value is None:
+        return cls()
+    if not isinstance(value, dict):
+        raise LowtuneError(f"{at(name)}: {name} must be a mapping of fields")
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, v in value.items():
+        dotted = f"{name}.{key}"
+        if key not in hints:
+            raise LowtuneError(f"{at(dotted)}: unknown key {dotted}{did_you_mean(str(key), hints)}")
+        out[key] = _coerce(v, hints[key], dotted, at(dotted))
+    return cls(**out)
+
+
+def _check_train(method: str, train: dict[str, Any], at) -> dict[str, Any]:
+    """Check `train` keys and values against TRL's config class for the method."""
+    cls = train_config_class(method)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    out = {}
+    for key, value in train.items():
+        dotted = f"train.{key}"
+        if key not in fields:
+            raise LowtuneError(f"{at(dotted)}: unknown key {dotted}{did_you_mean(str(key), fields)}")
+        out[key] = _coerce(value, hints.get(key, Any), dotted, at(dotted))
+    return out
+
+
+def train_config_class(method: str) -> type:
+    module, _, name = TRAIN_CONFIG_CLASSES[method].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+CHOICES = {
+    "model.quantization": ("auto", "nf4", "int8", "none"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.device": ("auto", "cpu", "cuda"),
+    "data.format": ("auto", "messages", "prompt_completion", "text"),
+}
+
+
+def _check_choices(recipe: Recipe, at) -> None:
+    for dotted, valid in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(recipe, section), key)
+        if value not in valid:
+            raise LowtuneError(f"{at(dotted)}: {dotted} is {value!r}; choose one of {', '.join(valid)}")
+    positive = {"lora.r": recipe.lora.r, "eval.n": recipe.eval.n, "data.n_train": recipe.data.n_train}
+    for dotted, value in positive.items():
+        if value <= 0:
+            raise LowtuneError(f"{at(dotted)}: {dotted} must be positive, got {value}")
+    if not 1 <= recipe.data.digits <= 6:
+        raise LowtuneError(f"{at('data.digits')}: data.digits must be 1..6, got {recipe.data.digits}")
+    for dotted in ("data.operations", "eval.operations"):
+        section, key = dotted.split(".")
+        for op in getattr(getattr(recipe, section), key) or []:
+            if op not in ("+", "-", "*"):
+                raise LowtuneError(f"{at(dotted)}: unknown operation {op!r}; use +, - or *")
+
+
+# ---------------------------------------------------------------- type coercion
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Convert a YAML value to the declared type, or raise naming the field."""
+    if tp is Any or tp is typing.Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        # transformers writes `SchedulerType | str`: the string must still be one of the enum's values.
+        for option in options:
+            if isinstance(option, type) and issubclass(option, enum.Enum):
+                return _coerce(value, option, key, where)
+        # Prefer an exact type match before trying conversions (e.g. str stays str).
+        for option in sorted(options, key=lambda o: not (isinstance(o, type) and isinstance(value, o))):
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key, where)
+            except LowtuneError:
+                pass
+        raise LowtuneError(f"{where}: {key} = {value!r} is not a valid {_type_name(tp)}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise LowtuneError(f"{where}: {key} should be a list, got {value!r}")
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, inner, key, where) for v in value]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise LowtuneError(f"{where}: {key} should be a mapping, got {value!r}")
+        return value
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise LowtuneError(f"{where}: {key} must be one of {typing.get_args(tp)}, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise LowtuneError(f"{where}: {key} should be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise LowtuneError(f"{where}: {key} should be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise LowtuneError(f"{where}: {key} should be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise LowtuneError(f"{where}: {key} should be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise LowtuneError(f"{where}: {key} should be a string, got {value!r}")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        valid = [m.value for m in tp]
+        if value in valid:
+            return value
+        raise LowtuneError(f"{where}: {key} is {value!r}; choose one of {', '.join(map(str, valid))}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise LowtuneError(f"{where}: {key} should be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def explain(method: str | None = None) -> list[tuple[str, str, str]]:
+    """(field, default, doc) rows for every recipe field, for `lowtune recipes --explain`."""
+    rows = []
+    for section in dataclasses.fields(Recipe):
+        cls = SECTIONS[section.name]
+        if dataclasses.is_dataclass(cls):
+            for f in dataclasses.fields(cls):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                rows.append((f"{section.name}.{f.name}", repr(default), f.metadata.get("doc", "")))
+        else:
+            rows.append((section.name, "", section.metadata.get("doc", "")))
+    if method:
+        cls = train_config_class(method)
+        for f in dataclasses.fields(cls):
+            if f.init and f.name in _TRAIN_HIGHLIGHTS:
+                help_ = (f.metadata.get("help") or "").split(". ")[0]
+                rows.append((f"train.{f.name}", repr(f.default), help_))
+        rows.append(("train.*", "", f"any other field of {TRAIN_CONFIG_CLASSES[method]}"))
+    return rows
+
+
+_TRAIN_HIGHLIGHTS = (
+    "max_steps",
+    "num_train_epochs",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "logging_steps",
+    "save_steps",
+    "max_length",
+    "packing",
+    "completion_only_loss",
+    "seed",
+)

@@ -1,0 +1,72 @@
+"""Generation and accuracy on verifiable tasks (used by `lowtune eval`, recipes and benchmarks).
+
+Answer rule for arithmetic: the last integer in the reply counts (thousands separators removed,
+a leading minus kept). "12 + 34 = 46" and "The answer is 46." are both read as 46.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from lowtune.data import arithmetic
+
+_INTEGER = re.compile(r"-?\d+")
+
+
+def last_integer(text: str) -> int | None:
+    """The last integer in `text` (commas between digits ignored), or None."""
+    found = _INTEGER.findall(re.sub(r"(?<=\d),(?=\d{3})", "", text))
+    return int(found[-1]) if found else None
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 32,
+             do_sample: bool = False, temperature: float = 1.0) -> list[str]:
+    """Chat-templated generation for each user prompt; returns the decoded replies."""
+    replies = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    try:
+        for start in range(0, len(prompts), batch_size):
+            texts = [
+                tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                for p in prompts[start : start + batch_size]
+            ]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                temperature=temperature if do_sample else None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            replies += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return replies
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    n: int
+    examples: list[tuple[str, str, int]]  # (question, reply, reference)
+
+
+def arithmetic_accuracy(model, tokenizer, n: int = 100, digits: int = 2, operations: list[str] | None = None,
+                        max_new_tokens: int = 32, batch_size: int = 50) -> EvalResult:
+    """Greedy accuracy on the first `n` held-out arithmetic problems."""
+    problems = arithmetic.heldout(n, digits, operations)
+    was_training = model.training
+    model.eval()
+    replies = generate(model, tokenizer, [p.question for p in problems], max_new_tokens, batch_size)
+    model.train(was_training)
+    correct = sum(last_integer(r) == p.answer for p, r in zip(problems, replies))
+    examples = [(p.question, r, p.answer) for p, r in zip(problems, replies)]
+    return EvalResult(correct / len(problems), len(problems), examples)

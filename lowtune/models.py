@@ -1,0 +1,177 @@
+"""Load a base model and tokenizer, quantized or not, and attach or load LoRA adapters.
+
+Policy: CUDA if available, else CPU (overridable). `quantization: auto` means NF4 on CUDA and
+full precision on CPU, because bitsandbytes' CPU 4-bit matmuls are several times slower than
+fp32 ones at these sizes (see README); `nf4` forces QLoRA anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lowtune import builtin
+from lowtune.config import LoraConfig, ModelConfig, Recipe, load_recipe
+from lowtune.errors import LowtuneError
+
+
+def resolve_device(cfg: ModelConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise LowtuneError("model.device is cuda but no CUDA device is visible; use model.device=auto")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def resolve_quantization(cfg: ModelConfig, device: torch.device) -> str:
+    if cfg.quantization == "auto":
+        return "nf4" if device.type == "cuda" else "none"
+    return cfg.quantization
+
+
+def resolve_path(name: str, say=None) -> str:
+    """A builtin name becomes its cached directory; local paths and hub ids pass through."""
+    if name in builtin.BUILTINS:
+        return str(builtin.ensure(name, say))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise LowtuneError(f"{path} is not a model directory (no config.json)")
+        return str(path)
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        raise LowtuneError(
+            f"model {name!r} is neither a builtin ({', '.join(builtin.BUILTINS)}), "
+            "a local directory, nor a Hugging Face id like org/name"
+        )
+    return name
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        # Padding with EOS would mask the real EOS out of the loss, and the model never learns
+        # to stop. Use another existing special token when the vocabulary has one.
+        for candidate in ("<|endoftext|>", "<pad>", "<|pad|>", "<|finetune_right_pad_id|>", tokenizer.unk_token):
+            if candidate and candidate != tokenizer.eos_token and candidate in tokenizer.get_vocab():
+                tokenizer.pad_token = candidate
+                break
+        else:
+            tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load(model_cfg: ModelConfig, lora_cfg: LoraConfig | None = None, say=None):
+    """Load base + tokenizer per `model_cfg`, and wrap it with a fresh trainable LoRA adapter.
+
+    Returns (model, tokenizer). With `lora_cfg=None` the base is returned without adapters.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device = resolve_device(model_cfg)
+    dtype = resolve_dtype(model_cfg, device)
+    quantization = resolve_quantization(model_cfg, device)
+    path = resolve_path(model_cfg.name, say)
+    if model_cfg.trust_remote_code and say:
+        say(f"trust_remote_code is on: code shipped with {model_cfg.name} will run")
+    tokenizer = load_tokenizer(path, model_cfg.trust_remote_code)
+
+    kwargs = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
+    if quantization == "nf4":
+        # QLoRA (Dettmers et al. 2023): NF4 storage, double quantization of the scales, 16-bit compute.
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_storage=dtype,
+        )
+    elif quantization == "int8":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, device_map={"": device}, **kwargs)
+    except OSError as e:
+        raise LowtuneError(f"could not load model {model_cfg.name!r}: {str(e).splitlines()[0]}") from None
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    if lora_cfg is None:
+        return model, tokenizer
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if quantization != "none":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=model_cfg.gradient_checkpointing
+        )
+    model = get_peft_model(model, peft_config(lora_cfg))
+    return model, tokenizer
+
+
+def peft_config(lora_cfg: LoraConfig, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=lora_cfg.target_modules,
+        use_dora=lora_cfg.use_dora,
+        use_rslora=lora_cfg.use_rslora,
+        task_type=task_type,
+    )
+
+
+def load_for_inference(model_or_run: str, device: str = "auto", say=None):
+    """Load a run directory, a PEFT adapter directory, a builtin name, a local model or hub id.
+
+    Returns (model, tokenizer, description). A run or adapter gives base + adapter (not merged);
+    the base is loaded in full precision on CPU and per the run's recipe on CUDA.
+    """
+    from peft import PeftModel
+
+    path = Path(model_or_run)
+    adapter_dir = None
+    if (path / "adapter" / "adapter_config.json").is_file():
+        adapter_dir = path / "adapter"
+    elif (path / "adapter_config.json").is_file():
+        adapter_dir = path
+    if adapter_dir is None:
+        cfg = ModelConfig(name=model_or_run, device=device)
+        model, tokenizer = load(cfg)
+        return model.eval(), tokenizer, model_or_run
+
+    recipe = _run_recipe(adapter_dir)
+    base_name = recipe.model.name if recipe else _adapter_base(adapter_dir)
+    cfg = recipe.model if recipe else ModelConfig(name=base_name)
+    cfg.device = device
+    model, tokenizer = load(cfg, say=say)
+    if (adapter_dir / "tokenizer_config.json").is_file():
+        tokenizer = load_tokenizer(str(adapter_dir), cfg.trust_remote_code)
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise LowtuneError(f"{adapter_dir} has no adapter_model.safetensors; lowtune loads safetensors only")
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    return model.eval(), tokenizer, f"{base_name} + {adapter_dir}"
+
+
+def _run_recipe(adapter_dir: Path) -> Recipe | None:
+    config = adapter_dir.parent / "config.yaml"
+    return load_recipe(config) if config.is_file() else None
+
+
+def _adapter_base(adapter_dir: Path) -> str:
+    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise LowtuneError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path")
+    return base

@@ -1,0 +1,125 @@
+"""One module per training method. `train(recipe)` runs the method named by the recipe.
+
+Each method module has `run(recipe, run_dir) -> summary dict`; what they share (TRL argument
+defaults, timing, peak memory, held-out evaluation) lives here, once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lowtune import evaluate, models, ui
+from lowtune.config import Recipe, train_config_class
+from lowtune.errors import LowtuneError
+from lowtune.runs import RunDir, peak_memory_mb
+
+METHODS = {"sft": "lowtune.recipes.sft"}
+SHIPPED = [
+    Path(__file__).resolve().parent.parent / "shipped_recipes",  # inside an installed wheel
+    Path(__file__).resolve().parent.parent.parent / "recipes",  # a source checkout
+]
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name (e.g. `sft`, `gpu/sft-qwen2.5-1.5b`) -> path of each YAML recipe that ships with lowtune."""
+    for root in SHIPPED:
+        if root.is_dir():
+            return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.rglob("*.yaml"))}
+    return {}
+
+
+def find_recipe(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    from lowtune.errors import did_you_mean
+
+    raise LowtuneError(f"recipe {name_or_path} is neither a file nor a shipped recipe{did_you_mean(name_or_path, shipped)}")
+
+
+def train(recipe: Recipe) -> tuple[RunDir, dict[str, Any]]:
+    """Create the run directory, run the method, write summary.json; returns (run, summary)."""
+    module = importlib.import_module(METHODS[recipe.method])
+    run = RunDir.create(recipe)
+    ui.say(f"run directory {run.path}")
+    summary = module.run(recipe, run)
+    run.write_summary(summary)
+    return run, summary
+
+
+def trl_args(recipe: Recipe, run: RunDir, **method_defaults: Any):
+    """TRL config for the method: lowtune's defaults, then the method's, then the recipe's `train`."""
+    device = models.resolve_device(recipe.model)
+    dtype = models.resolve_dtype(recipe.model, device)
+    defaults = dict(
+        output_dir=str(run.checkpoints),
+        report_to="none",
+        disable_tqdm=True,  # lowtune draws its own progress bar
+        logging_steps=5,
+        save_strategy="steps",
+        save_steps=50,
+        save_total_limit=2,
+        use_cpu=device.type == "cpu",
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16 and models.resolve_quantization(recipe.model, device) == "none",
+        gradient_checkpointing=recipe.model.gradient_checkpointing,
+        include_num_input_tokens_seen="non_padding",
+        seed=recipe.data.seed,
+    )
+    return train_config_class(recipe.method)(**{**defaults, **method_defaults, **recipe.train})
+
+
+def fit(trainer, run: RunDir, recipe: Recipe) -> dict[str, Any]:
+    """Train with a progress bar and metrics.jsonl; return timing, throughput and memory figures."""
+    from transformers.trainer_callback import PrinterCallback
+
+    device = models.resolve_device(recipe.model)
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar shows them
+    trainer.add_callback(ui.ProgressCallback(quiet=recipe.output.quiet))
+    trainer.add_callback(run.callback())
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    state = trainer.state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    trainer.save_model(str(run.adapter))  # PEFT adapter + tokenizer, loadable without lowtune
+    return {
+        "wall_time_s": round(seconds, 2),
+        "steps": state.global_step,
+        "s_per_step": round(seconds / max(state.global_step, 1), 3),
+        "tokens": int(state.num_input_tokens_seen),
+        "tokens_per_s": round(state.num_input_tokens_seen / seconds, 1),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "device": device.type,
+    }
+
+
+def heldout_accuracy(model, tokenizer, recipe: Recipe) -> dict[str, Any] | None:
+    """Greedy accuracy on the recipe's held-out task, or None when `eval.task` is null."""
+    cfg = recipe.eval
+    if cfg.task is None:
+        return None
+    if cfg.task != "arithmetic":
+        raise LowtuneError(f"eval.task {cfg.task!r} is unknown; use arithmetic or null")
+    result = evaluate.arithmetic_accuracy(
+        model,
+        tokenizer,
+        n=cfg.n,
+        digits=cfg.digits or recipe.data.digits,
+        operations=cfg.operations or recipe.data.operations,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+    )
+    return {"task": cfg.task, "n": result.n, "accuracy": result.accuracy, "example": result.examples[0][1]}

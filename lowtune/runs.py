@@ -1,0 +1,79 @@
+"""The run directory: runs/<name>/{config.yaml, adapter/, metrics.jsonl, summary.json, checkpoints/}."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import TrainerCallback
+
+from lowtune.config import Recipe
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """One training run's directory. Never reuses an existing directory."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.adapter = path / "adapter"
+        self.checkpoints = path / "checkpoints"
+        self.metrics = path / "metrics.jsonl"
+        self.summary = path / "summary.json"
+
+    @classmethod
+    def create(cls, recipe: Recipe) -> RunDir:
+        """Make a fresh directory for `recipe` (name, then name-2, name-3, ...) and snapshot its config."""
+        parent = Path(recipe.output.dir)
+        name = recipe.output.name or recipe.method
+        parent.mkdir(parents=True, exist_ok=True)
+        path, n = parent / name, 1
+        while True:
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                path = parent / f"{name}-{n}"
+        run = cls(path)
+        _write_atomic(path / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        return run
+
+    def callback(self) -> TrainerCallback:
+        return _MetricsCallback(self.metrics)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        _write_atomic(self.summary, json.dumps(summary, indent=2) + "\n")
+
+
+class _MetricsCallback(TrainerCallback):
+    """Append one JSON line per logging step."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            record = {"step": state.global_step, "time": round(time.time(), 3), **logs}
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: max allocated since start; CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10

@@ -1,0 +1,103 @@
+import pytest
+
+from lowtune.config import Recipe, explain, load_recipe
+from lowtune.errors import LowtuneError
+from lowtune.recipes import shipped_recipes
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file():
+    recipe = load_recipe()
+    assert recipe == Recipe()
+    assert recipe.lora.target_modules == "all-linear"
+
+
+@pytest.mark.parametrize("name", sorted(shipped_recipes()))
+def test_every_shipped_recipe_loads(name):
+    recipe = load_recipe(shipped_recipes()[name])
+    assert recipe.method == "sft"
+    assert recipe.model.name
+
+
+def test_yaml_values_are_typed(tmp_path):
+    path = write(tmp_path, "method: sft\ntrain:\n  learning_rate: 3e-4\n  max_steps: 10\nlora:\n  r: 8\n")
+    recipe = load_recipe(path)
+    # YAML 1.1 reads 3e-4 as a string; the schema makes it a float.
+    assert recipe.train["learning_rate"] == pytest.approx(3e-4)
+    assert recipe.train["max_steps"] == 10
+    assert recipe.lora.r == 8
+
+
+def test_overrides_reach_every_section(tmp_path):
+    path = write(tmp_path, "method: sft\nlora:\n  r: 8\n")
+    recipe = load_recipe(
+        path,
+        ["lora.r=4", "lora.use_dora=true", "train.max_steps=7", "data.operations=+,-", "eval.task=null",
+         "model.name=tiny-random", "lora.target_modules=[q_proj, v_proj]"],
+    )
+    assert recipe.lora.r == 4 and recipe.lora.use_dora is True
+    assert recipe.train["max_steps"] == 7
+    assert recipe.data.operations == ["+", "-"]
+    assert recipe.eval.task is None
+    assert recipe.model.name == "tiny-random"
+    assert recipe.lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_unknown_train_key_suggests_the_nearest_with_file_and_line(tmp_path):
+    path = write(tmp_path, "method: sft\ntrain:\n  max_steps: 3\n  learnig_rate: 1.0e-4\n")
+    with pytest.raises(LowtuneError) as e:
+        load_recipe(path)
+    msg = str(e.value)
+    assert f"{path}:4" in msg
+    assert "unknown key train.learnig_rate" in msg and "did you mean learning_rate?" in msg
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.quantisation=nf4", "unknown key model.quantisation — did you mean quantization?"),
+        ("lorra.r=4", "unknown section lorra — did you mean lora?"),
+        ("method=sfft", "unknown method sfft — did you mean sft?"),
+        ("model.quantization=nf5", "model.quantization is 'nf5'; choose one of auto, nf4, int8, none"),
+        ("lora.r=abc", "lora.r should be an integer"),
+        ("lora.r=0", "lora.r must be positive"),
+        ("train.max_steps=many", "train.max_steps should be an integer"),
+        ("train.bf16=maybe", "train.bf16 = 'maybe' is not a valid"),
+        ("data.operations=+,/", "unknown operation '/'"),
+        ("train.lr_scheduler_type=bogus", "train.lr_scheduler_type is 'bogus'; choose one of"),
+        ("max_steps", "write it as section.field=value"),
+    ],
+)
+def test_bad_overrides_name_the_field(override, expected):
+    with pytest.raises(LowtuneError) as e:
+        load_recipe(None, [override])
+    assert expected in str(e.value)
+    assert str(e.value).startswith("override")  # says where the bad value came from
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "method: sft\nmodel:\n  name: [unclosed\n")
+    with pytest.raises(LowtuneError, match=r"r\.yaml:\d+: not valid YAML"):
+        load_recipe(path)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(LowtuneError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_section_must_be_a_mapping(tmp_path):
+    with pytest.raises(LowtuneError, match="lora must be a mapping"):
+        load_recipe(write(tmp_path, "lora: 16\n"))
+
+
+def test_explain_documents_every_field():
+    rows = explain("sft")
+    fields = {r[0] for r in rows}
+    assert {"model.quantization", "lora.use_rslora", "data.source", "train.learning_rate"} <= fields
+    assert all(doc for name, _, doc in rows if not name.startswith("train"))

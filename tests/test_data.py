@@ -1,0 +1,124 @@
+import json
+
+import pytest
+
+from lowtune import data
+from lowtune.config import DataConfig
+from lowtune.data import arithmetic
+from lowtune.errors import LowtuneError
+
+
+def test_arithmetic_is_deterministic_and_never_overlaps_heldout():
+    train = arithmetic.train(3000, digits=2, operations=["+", "-"], seed=7)
+    assert train == arithmetic.train(3000, digits=2, operations=["+", "-"], seed=7)
+    assert train != arithmetic.train(3000, digits=2, operations=["+", "-"], seed=8)
+    assert len(set(train)) == len(train)
+    heldout = set(arithmetic.heldout(500, digits=2, operations=["-", "+"]))
+    assert len(heldout) == 500 and not heldout & set(train)
+    assert all(10 <= p.a <= 99 and 10 <= p.b <= 99 and p.op in "+-" for p in train)
+
+
+def test_heldout_does_not_depend_on_training_seed_and_prefixes_are_stable():
+    assert arithmetic.heldout(50) == arithmetic.heldout(100)[:50]
+    p = arithmetic.heldout(1, digits=1, operations=["*"])[0]
+    assert p.answer == p.a * p.b and p.solution.endswith(f"= {p.a * p.b}")
+
+
+def test_small_space_gives_all_remaining_problems():
+    # 1-digit addition has 100 problems; 20 are held out, so at most 80 train.
+    assert len(arithmetic.train(500, digits=1, operations=["+"])) == 80
+
+
+def test_arithmetic_rows_become_prompt_completion_chat():
+    ds = data.load(DataConfig(n_train=10), kind="sft")
+    assert len(ds) == 10
+    row = ds[0]
+    assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"].startswith("What is")
+    assert row["completion"] == [{"role": "assistant", "content": row["completion"][0]["content"]}]
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_messages_file_with_system_turn(tmp_path):
+    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                          {"role": "assistant", "content": "Hello."}]}]
+    ds = data.load(DataConfig(source=str(write_jsonl(tmp_path / "d.jsonl", rows))))
+    assert [m["role"] for m in ds[0]["prompt"]] == ["system", "user"]
+    assert ds[0]["completion"][0]["content"] == "Hello."
+
+
+def test_every_bad_row_is_reported_with_file_line_and_field(tmp_path):
+    path = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            {"prompt": "1+1?", "completion": "2"},
+            {"prompt": "2+2?"},
+            {"prompt": "3+3?", "completion": "   "},
+            {"prompt": 5, "completion": "x"},
+            {"prompt": "ok", "completion": "fine"},
+        ],
+    )
+    with pytest.raises(LowtuneError) as e:
+        data.load(DataConfig(source=str(path)))
+    msg = str(e.value)
+    assert "3 bad row(s)" in msg and "nothing was trained" in msg
+    assert f"{path}:2: field 'completion' is missing" in msg
+    assert f"{path}:3: field 'completion' is empty" in msg
+    assert f"{path}:4: field 'prompt' must be a string, got int" in msg
+
+
+def test_bad_messages_rows(tmp_path):
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]},
+            {"messages": []},
+        ],
+    )
+    with pytest.raises(LowtuneError) as e:
+        data.load(DataConfig(source=str(path)))
+    msg = str(e.value)
+    assert f"{path}:1: field 'messages[1].role' is 'robot'" in msg
+    assert f"{path}:2: field 'messages[1].role': the last turn must be the assistant's" in msg
+    assert f"{path}:3: field 'messages' must be a non-empty list" in msg
+
+
+def test_invalid_json_line_is_named(tmp_path):
+    path = write_jsonl(tmp_path / "j.jsonl", [{"text": "fine"}, '{"text": oops}'])
+    with pytest.raises(LowtuneError, match=r"j\.jsonl:2: not valid JSON"):
+        data.load(DataConfig(source=str(path)))
+
+
+def test_csv_reports_file_line(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,completion\nq1,a1\nq2,\n")
+    with pytest.raises(LowtuneError, match=r"d\.csv:3: field 'completion' is empty"):
+        data.load(DataConfig(source=str(path)))
+
+
+def test_text_and_json_list_and_parquet(tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps([{"text": "a b c"}, {"text": "d e"}]))
+    assert data.load(DataConfig(source=str(tmp_path / "t.json")))["text"] == ["a b c", "d e"]
+    from datasets import Dataset
+
+    Dataset.from_list([{"prompt": "p", "completion": "c"}]).to_parquet(str(tmp_path / "p.parquet"))
+    assert data.load(DataConfig(source=str(tmp_path / "p.parquet")))[0] == {"prompt": "p", "completion": "c"}
+
+
+def test_unknown_columns_and_missing_file(tmp_path):
+    path = write_jsonl(tmp_path / "x.jsonl", [{"question": "q", "answer": "a"}])
+    with pytest.raises(LowtuneError, match=r"x\.jsonl:1: cannot tell the data format"):
+        data.load(DataConfig(source=str(path)))
+    with pytest.raises(LowtuneError, match="not found"):
+        data.load(DataConfig(source=str(tmp_path / "missing.jsonl")))
+
+
+def test_max_rows_samples_deterministically(tmp_path):
+    rows = [{"text": f"row {i}"} for i in range(50)]
+    cfg = DataConfig(source=str(write_jsonl(tmp_path / "t.jsonl", rows)), max_rows=5)
+    first = data.load(cfg)["text"]
+    assert len(first) == 5 and first == data.load(cfg)["text"]
