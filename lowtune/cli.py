@@ -88,9 +88,11 @@ def cmd_train(args) -> int:
     ]
     before, after = summary.get("eval_before"), summary.get("eval_after")
     if before and after:
-        rows.append((f"{before['task']} accuracy (n={before['n']})", f"{before['accuracy']:.0%} → {after['accuracy']:.0%}"))
+        rows.append(
+            (f"{before['task']} accuracy (n={before['n']})", f"{before['accuracy']:.0%} → {after['accuracy']:.0%}")
+        )
     ui.summary_table(f"lowtune {summary['method']}", rows)
-    ui.say(f"adapter saved to {run.adapter}; try: lowtune generate {run.path} --prompt \"What is 23 + 58?\"")
+    ui.say(f'adapter saved to {run.adapter}; try: lowtune generate {run.path} --prompt "What is 23 + 58?"')
     return 0
 
 
@@ -99,10 +101,14 @@ def cmd_generate(args) -> int:
 
     model, tokenizer, name = models.load_for_inference(args.model, args.device, say=ui.say)
     replies = evaluate.generate(
-        model, tokenizer, args.prompt, args.max_new_tokens, do_sample=args.temperature > 0,
+        model,
+        tokenizer,
+        args.prompt,
+        args.max_new_tokens,
+        do_sample=args.temperature > 0,
         temperature=args.temperature or 1.0,
     )
-    for prompt, reply in zip(args.prompt, replies):
+    for prompt, reply in zip(args.prompt, replies, strict=True):
         ui.console.print(f"[bold]user:[/] {prompt}\n[bold]assistant:[/] {reply}")
     return 0
 
@@ -121,8 +127,11 @@ def cmd_eval(args) -> int:
     ui.table("examples", ["question", "reply", "reference"], rows)
     ui.summary_table(
         f"lowtune eval: {args.task}",
-        [("model", name), ("problems", f"{result.n} held-out, {args.digits} digit(s), {' '.join(operations)}"),
-         ("accuracy", f"{result.accuracy:.1%}")],
+        [
+            ("model", name),
+            ("problems", f"{result.n} held-out, {args.digits} digit(s), {' '.join(operations)}"),
+            ("accuracy", f"{result.accuracy:.1%}"),
+        ],
     )
     return 0
 
@@ -146,7 +155,9 @@ def cmd_recipes(args) -> int:
     if args.explain:
         if args.explain not in TRAIN_CONFIG_CLASSES:
             raise LowtuneError(f"unknown method {args.explain}; methods: {', '.join(TRAIN_CONFIG_CLASSES)}")
-        ui.table(f"recipe fields for {args.explain}", ["field", "default", "what"], [list(r) for r in explain(args.explain)])
+        ui.table(
+            f"recipe fields for {args.explain}", ["field", "default", "what"], [list(r) for r in explain(args.explain)]
+        )
         return 0
     rows = []
     for name, path in recipes.shipped_recipes().items():

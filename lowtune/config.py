@@ -41,8 +41,7 @@ class ModelConfig:
         default="auto",
     )
     dtype: str = _doc(
-        "auto (bfloat16 on CUDA with bf16 support, else float16 on CUDA, float32 on CPU), "
-        "float32, bfloat16 or float16",
+        "auto (bfloat16 on CUDA with bf16 support, else float16 on CUDA, float32 on CPU), float32, bfloat16 or float16",
         default="auto",
     )
     device: str = _doc("auto (CUDA if available, else CPU), cpu, or cuda", default="auto")
@@ -74,18 +73,14 @@ class DataConfig:
         "or Hugging Face dataset name",
         default="arithmetic",
     )
-    format: str = _doc(
-        "auto (detect from columns), messages, prompt_completion, or text", default="auto"
-    )
+    format: str = _doc("auto (detect from columns), messages, prompt_completion, or text", default="auto")
     subset: str | None = _doc("dataset configuration name for hub datasets", default=None)
     split: str = _doc("split to train on (hub datasets and directories)", default="train")
     max_rows: int | None = _doc("use at most this many rows (after shuffling with seed)", default=None)
     seed: int = _doc("seed for the builtin task and row shuffling", default=0)
     n_train: int = _doc("arithmetic: number of training problems", default=2000)
     digits: int = _doc("arithmetic: digits per operand", default=2)
-    operations: list[str] = _doc(
-        "arithmetic: operations to draw from (+, -, *)", default_factory=lambda: ["+"]
-    )
+    operations: list[str] = _doc("arithmetic: operations to draw from (+, -, *)", default_factory=lambda: ["+"])
 
 
 @dataclass
@@ -117,9 +112,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    train: dict[str, Any] = _doc(
-        "fields of TRL's config class for the method, passed through", default_factory=dict
-    )
+    train: dict[str, Any] = _doc("fields of TRL's config class for the method, passed through", default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 

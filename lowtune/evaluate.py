@@ -23,8 +23,15 @@ def last_integer(text: str) -> int | None:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 32,
-             do_sample: bool = False, temperature: float = 1.0) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+) -> list[str]:
     """Chat-templated generation for each user prompt; returns the decoded replies."""
     replies = []
     side = tokenizer.padding_side
@@ -32,7 +39,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, bat
     try:
         for start in range(0, len(prompts), batch_size):
             texts = [
-                tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                )
                 for p in prompts[start : start + batch_size]
             ]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -59,14 +68,21 @@ class EvalResult:
     examples: list[tuple[str, str, int]]  # (question, reply, reference)
 
 
-def arithmetic_accuracy(model, tokenizer, n: int = 100, digits: int = 2, operations: list[str] | None = None,
-                        max_new_tokens: int = 32, batch_size: int = 50) -> EvalResult:
+def arithmetic_accuracy(
+    model,
+    tokenizer,
+    n: int = 100,
+    digits: int = 2,
+    operations: list[str] | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 50,
+) -> EvalResult:
     """Greedy accuracy on the first `n` held-out arithmetic problems."""
     problems = arithmetic.heldout(n, digits, operations)
     was_training = model.training
     model.eval()
     replies = generate(model, tokenizer, [p.question for p in problems], max_new_tokens, batch_size)
     model.train(was_training)
-    correct = sum(last_integer(r) == p.answer for p, r in zip(problems, replies))
-    examples = [(p.question, r, p.answer) for p, r in zip(problems, replies)]
+    correct = sum(last_integer(r) == p.answer for p, r in zip(problems, replies, strict=True))
+    examples = [(p.question, r, p.answer) for p, r in zip(problems, replies, strict=True)]
     return EvalResult(correct / len(problems), len(problems), examples)

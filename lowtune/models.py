@@ -112,9 +112,7 @@ def load(model_cfg: ModelConfig, lora_cfg: LoraConfig | None = None, say=None):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantization != "none":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=model_cfg.gradient_checkpointing
-        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
     model = get_peft_model(model, peft_config(lora_cfg))
     return model, tokenizer
 

@@ -5,7 +5,9 @@ import pytest
 
 # Each test session builds its models into a fresh cache, so tests never depend on (or write to)
 # the user's ~/.cache/lowtune.
-_cache = os.environ.setdefault("LOWTUNE_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lowtune-test-cache-{os.getpid()}"))
+_cache = os.environ.setdefault(
+    "LOWTUNE_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lowtune-test-cache-{os.getpid()}")
+)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

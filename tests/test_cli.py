@@ -6,8 +6,19 @@ from lowtune.cli import main
 
 def test_train_generate_eval_on_tiny_random(tmp_path, capsys):
     runs = tmp_path / "runs"
-    code = main(["train", "sft", "model.name=tiny-random", "data.n_train=32", "train.max_steps=2",
-                 "eval.n=3", "eval.max_new_tokens=3", f"output.dir={runs}", "--quiet"])
+    code = main(
+        [
+            "train",
+            "sft",
+            "model.name=tiny-random",
+            "data.n_train=32",
+            "train.max_steps=2",
+            "eval.n=3",
+            "eval.max_new_tokens=3",
+            f"output.dir={runs}",
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "lowtune sft" in out and "arithmetic accuracy (n=3)" in out

@@ -37,8 +37,15 @@ def test_overrides_reach_every_section(tmp_path):
     path = write(tmp_path, "method: sft\nlora:\n  r: 8\n")
     recipe = load_recipe(
         path,
-        ["lora.r=4", "lora.use_dora=true", "train.max_steps=7", "data.operations=+,-", "eval.task=null",
-         "model.name=tiny-random", "lora.target_modules=[q_proj, v_proj]"],
+        [
+            "lora.r=4",
+            "lora.use_dora=true",
+            "train.max_steps=7",
+            "data.operations=+,-",
+            "eval.task=null",
+            "model.name=tiny-random",
+            "lora.target_modules=[q_proj, v_proj]",
+        ],
     )
     assert recipe.lora.r == 4 and recipe.lora.use_dora is True
     assert recipe.train["max_steps"] == 7

@@ -43,8 +43,15 @@ def write_jsonl(path, rows):
 
 
 def test_messages_file_with_system_turn(tmp_path):
-    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                          {"role": "assistant", "content": "Hello."}]}]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+            ]
+        }
+    ]
     ds = data.load(DataConfig(source=str(write_jsonl(tmp_path / "d.jsonl", rows))))
     assert [m["role"] for m in ds[0]["prompt"]] == ["system", "user"]
     assert ds[0]["completion"][0]["content"] == "Hello."

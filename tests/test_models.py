@@ -12,8 +12,9 @@ def test_tiny_random_is_a_plain_hf_directory(tiny_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_path)
     assert model.config.model_type == "llama"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 2?"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>assistant\n")
     assert tokenizer.pad_token != tokenizer.eos_token == "<|im_end|>"
 
@@ -62,7 +63,7 @@ def test_nf4_loads_and_trains_a_step_on_cpu():
     loss.backward()
     opt.step()
     assert torch.isfinite(loss)
-    assert any(not torch.equal(a, b) for a, b in zip(before, lora))
+    assert any(not torch.equal(a, b) for a, b in zip(before, lora, strict=True))
 
 
 def test_auto_policy_on_cpu():
@@ -81,7 +82,9 @@ def test_cuda_requested_without_cuda():
         models.resolve_device(ModelConfig(device="cuda"))
 
 
-@pytest.mark.parametrize("name, message", [("./no/such/dir", "neither a builtin"), ("not a model", "neither a builtin")])
+@pytest.mark.parametrize(
+    "name, message", [("./no/such/dir", "neither a builtin"), ("not a model", "neither a builtin")]
+)
 def test_bad_model_names(name, message):
     with pytest.raises(LowtuneError, match=message):
         models.resolve_path(name)

@@ -8,11 +8,21 @@ from lowtune.config import load_recipe
 
 
 def test_sft_lowers_the_loss_and_writes_the_run_directory(tiny_recipe):
-    recipe = load_recipe(None, [
-        "model.name=tiny-random", "data.n_train=64", "train.max_steps=20", "train.learning_rate=1e-2",
-        "train.per_device_train_batch_size=8", "train.logging_steps=1", "train.save_steps=10",
-        "eval.task=null", f"output.dir={tiny_recipe.output.dir}", "output.quiet=true",
-    ])
+    recipe = load_recipe(
+        None,
+        [
+            "model.name=tiny-random",
+            "data.n_train=64",
+            "train.max_steps=20",
+            "train.learning_rate=1e-2",
+            "train.per_device_train_batch_size=8",
+            "train.logging_steps=1",
+            "train.save_steps=10",
+            "eval.task=null",
+            f"output.dir={tiny_recipe.output.dir}",
+            "output.quiet=true",
+        ],
+    )
     run, summary = recipes.train(recipe)
 
     metrics = [json.loads(line) for line in run.metrics.read_text().splitlines()]

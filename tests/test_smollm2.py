@@ -2,7 +2,6 @@
 
 import importlib.util
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -29,8 +28,9 @@ def test_conversion_matches_the_gguf_and_loads_with_plain_transformers(smollm2_p
     gguf = builtin.smollm2_gguf(lambda m: None)
     reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 3?"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>assistant\n")
     batch = tokenizer(text, return_tensors="pt")
     with torch.no_grad():

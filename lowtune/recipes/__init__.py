@@ -42,7 +42,9 @@ def find_recipe(name_or_path: str) -> Path:
         return shipped[name_or_path]
     from lowtune.errors import did_you_mean
 
-    raise LowtuneError(f"recipe {name_or_path} is neither a file nor a shipped recipe{did_you_mean(name_or_path, shipped)}")
+    raise LowtuneError(
+        f"recipe {name_or_path} is neither a file nor a shipped recipe{did_you_mean(name_or_path, shipped)}"
+    )
 
 
 def train(recipe: Recipe) -> tuple[RunDir, dict[str, Any]]:

@@ -30,5 +30,11 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     summary = fit(trainer, run_dir, recipe)
 
     after = heldout_accuracy(model, tokenizer, recipe)
-    return {"method": "sft", "model": recipe.model.name, "rows": len(dataset), **summary,
-            "eval_before": before, "eval_after": after}
+    return {
+        "method": "sft",
+        "model": recipe.model.name,
+        "rows": len(dataset),
+        **summary,
+        "eval_before": before,
+        "eval_after": after,
+    }

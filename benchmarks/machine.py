@@ -1,0 +1,75 @@
+"""What every benchmark writes next to its numbers: the machine, and the report files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and cores, GPU name, memory, and library versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * size / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    for lib in ("transformers", "trl", "peft"):
+        try:
+            info[lib] = __import__(lib).__version__
+        except ImportError:
+            pass
+    return info
+
+
+def describe(info: dict[str, Any]) -> str:
+    where = info["gpu"] or f"{info['cpu']}, {info['cpu_cores']} cores"
+    return f"{where}; torch {info['torch']}"
+
+
+def write_report(
+    stem: Path, report: dict, columns: list[str], rows: list[list[str]], bars: dict[str, float], ylabel: str
+) -> None:
+    """Write stem.json, stem.md (a table with the machine) and stem.png (a bar chart)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        f"Machine: {describe(report['machine'])}",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(list(bars), list(bars.values()), color=["#888", "#2a7"][: len(bars)] or None)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{report['benchmark']} — {describe(report['machine'])}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=120)
+    plt.close(fig)
