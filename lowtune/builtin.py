@@ -15,6 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 from lowtune.errors import LowtuneError
 
@@ -105,7 +106,8 @@ def _build_smollm2(out: Path, say) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with mock.patch.dict(os.environ, {"TQDM_DISABLE": "1"}):  # the GGUF loader draws a raw tqdm bar
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A GGUF-loaded model keeps a gguf quantization_config and cannot be saved as is: copy its
     # dequantized weights into a plain model built from the same config.
     config = copy.deepcopy(gguf_model.config)

@@ -129,3 +129,17 @@ def test_max_rows_samples_deterministically(tmp_path):
     cfg = DataConfig(source=str(write_jsonl(tmp_path / "t.jsonl", rows)), max_rows=5)
     first = data.load(cfg)["text"]
     assert len(first) == 5 and first == data.load(cfg)["text"]
+
+
+def test_directory_source_reads_the_split_file(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "a"}])
+    write_jsonl(tmp_path / "test.jsonl", [{"text": "b"}, {"text": "c"}])
+    assert data.load(DataConfig(source=str(tmp_path)))["text"] == ["a"]
+    assert data.load(DataConfig(source=str(tmp_path), split="test"))["text"] == ["b", "c"]
+
+
+def test_hub_dataset_unreachable_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LowtuneError, match=r"could not load dataset 'someone/nonexistent-set' \(split train\)"):
+        data.load(DataConfig(source="someone/nonexistent-set"))
