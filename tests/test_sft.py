@@ -1,10 +1,13 @@
 import json
+from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 from lowtune import models, recipes
 from lowtune.config import load_recipe
+from lowtune.errors import LowtuneError
 
 
 def test_sft_lowers_the_loss_and_writes_the_run_directory(tiny_recipe):
@@ -84,3 +87,12 @@ def test_eval_before_and_after_are_recorded(tiny_recipe):
     for key in ("eval_before", "eval_after"):
         assert summary[key]["task"] == "arithmetic" and summary[key]["n"] == 4
         assert 0.0 <= summary[key]["accuracy"] <= 1.0
+
+
+def test_bad_data_trains_nothing_and_leaves_no_run_directory(tiny_recipe, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "q", "completion": ""}\n')
+    tiny_recipe.data.source = str(bad)
+    with pytest.raises(LowtuneError, match=r"bad\.jsonl:1: field 'completion' is empty"):
+        recipes.train(tiny_recipe)
+    assert list(Path(tiny_recipe.output.dir).iterdir()) == []

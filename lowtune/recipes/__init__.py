@@ -7,6 +7,7 @@ defaults, timing, peak memory, held-out evaluation) lives here, once.
 from __future__ import annotations
 
 import importlib
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,14 @@ def train(recipe: Recipe) -> tuple[RunDir, dict[str, Any]]:
     module = importlib.import_module(METHODS[recipe.method])
     run = RunDir.create(recipe)
     ui.say(f"run directory {run.path}")
-    summary = module.run(recipe, run)
+    try:
+        summary = module.run(recipe, run)
+    except LowtuneError:
+        # A mistake found before any checkpoint exists (bad data, missing model) leaves no
+        # half-made run directory behind; once training has saved something, keep everything.
+        if not run.checkpoints.exists() and not run.adapter.exists():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     run.write_summary(summary)
     return run, summary
 
