@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU model and cores, GPU name, memory, and library versions."""
+def machine_info(packages: tuple[str, ...] = ("transformers", "trl", "peft")) -> dict[str, Any]:
+    """CPU model and cores, GPU name, memory, and the versions of torch and `packages`."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -23,7 +23,7 @@ def machine_info() -> dict[str, Any]:
         pass
     info: dict[str, Any] = {
         "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
+        "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -34,16 +34,16 @@ def machine_info() -> dict[str, Any]:
         info["memory_gib"] = round(pages * size / 2**30, 1)
     except (ValueError, OSError):
         pass
-    for lib in ("transformers", "trl", "peft"):
+    for lib in packages:
         try:
             info[lib] = __import__(lib).__version__
-        except ImportError:
-            pass
+        except (ImportError, AttributeError):
+            info[lib] = None
     return info
 
 
 def describe(info: dict[str, Any]) -> str:
-    where = info["gpu"] or f"{info['cpu']}, {info['cpu_cores']} cores"
+    where = info.get("gpu") or f"{info['cpu']}, {info['cores']} cores"
     return f"{where}; torch {info['torch']}"
 
 
