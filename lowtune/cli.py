@@ -1,4 +1,4 @@
-"""`lowtune train|generate|eval|models|recipes` — argparse front end; no method logic here."""
+"""`lowtune train|generate|eval|merge|export|models|recipes` — argparse front end; no method logic here."""
 
 from __future__ import annotations
 
@@ -34,6 +34,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--show", type=int, default=3, help="print this many example replies")
+
+    p = sub.add_parser("merge", help="merge a run's adapter into a full-precision base, verified")
+    p.add_argument("run", help="run directory (or adapter directory)")
+    p.add_argument("--out", required=True, help="new directory for the merged model")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument(
+        "--base",
+        default="auto",
+        choices=["auto", "original", "dequantized"],
+        help="auto: dequantized NF4 weights if the run trained on NF4, else the original weights",
+    )
+
+    p = sub.add_parser("export", help="export a run or a model directory as GGUF (+ Ollama Modelfile), verified")
+    p.add_argument("model", help="run directory (merged first), model directory, or builtin name")
+    p.add_argument("--format", default="gguf", choices=["gguf"])
+    p.add_argument("--quant", default="f16", choices=["f16", "q8_0"])
+    p.add_argument("--out", help="output .gguf file (default: beside the run or model)")
 
     sub.add_parser("models", help="list builtin models (size, cached or not)")
 
@@ -136,6 +153,58 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from lowtune import export, ui
+
+    report = export.merge(args.run, args.out, args.dtype, args.base)
+    limits = report["tolerance"]
+    ui.summary_table(
+        "lowtune merge",
+        [
+            ("merged model", report["out"]),
+            ("base weights", f"{report['base_model']} ({report['base_weights']})"),
+            ("dtype", report["dtype"]),
+            ("max |Δ log-prob|", f"{report['max_abs_logprob_diff']:.2e} (limit {limits['max_abs_logprob_diff']:g})"),
+            ("mean KL", f"{report['mean_kl']:.2e} (limit {limits['mean_kl']:g})"),
+            ("stop tokens", " ".join(report["stop_tokens"])),
+            ("verified", "yes" if report["passed"] else "no"),
+        ],
+    )
+    ui.say(f"loads with plain transformers: AutoModelForCausalLM.from_pretrained({report['out']!r})")
+    return 0
+
+
+def cmd_export(args) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from lowtune import export, gguf, models, ui
+
+    source = Path(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        if (source / "adapter" / "adapter_config.json").is_file() or (source / "adapter_config.json").is_file():
+            ui.say(f"merging {source} into its base first (fp32, verified)")
+            model_dir = Path(tmp) / "merged"
+            export.merge(source, model_dir, dtype="fp32")
+            default_out = source / f"{source.name}-{args.quant}.gguf"
+        else:
+            model_dir = Path(models.resolve_path(args.model, ui.say))
+            default_out = Path(f"{model_dir.name}-{args.quant}.gguf")
+        report = gguf.export_gguf(model_dir, Path(args.out) if args.out else default_out, args.quant)
+    ui.summary_table(
+        "lowtune export",
+        [
+            ("file", f"{report['file']} ({report['bytes'] / 2**20:,.1f} MiB, {report['quant']})"),
+            ("max |Δ logit|", f"{report['max_abs_logit_diff']:.3g}"),
+            ("mean KL", f"{report['mean_kl']:.2e}"),
+            ("tolerance", str(report["tolerance"])),
+            ("stop", str(report["stop"])),
+            ("Ollama", f"{report['modelfile']}  (ollama create NAME -f {report['modelfile']})"),
+        ],
+    )
+    return 0
+
+
 def cmd_models(args) -> int:
     from lowtune import builtin, ui
 
@@ -172,6 +241,8 @@ COMMANDS = {
     "train": cmd_train,
     "generate": cmd_generate,
     "eval": cmd_eval,
+    "merge": cmd_merge,
+    "export": cmd_export,
     "models": cmd_models,
     "recipes": cmd_recipes,
 }

@@ -150,25 +150,30 @@ def load_for_inference(model_or_run: str, device: str = "auto", say=None):
         model, tokenizer = load(cfg)
         return model.eval(), tokenizer, model_or_run
 
-    recipe = _run_recipe(adapter_dir)
-    base_name = recipe.model.name if recipe else _adapter_base(adapter_dir)
+    recipe = run_recipe(adapter_dir)
+    base_name = recipe.model.name if recipe else adapter_base(adapter_dir)
     cfg = recipe.model if recipe else ModelConfig(name=base_name)
     cfg.device = device
     model, tokenizer = load(cfg, say=say)
     if (adapter_dir / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(str(adapter_dir), cfg.trust_remote_code)
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
-        raise LowtuneError(f"{adapter_dir} has no adapter_model.safetensors; lowtune loads safetensors only")
+    require_safetensors(adapter_dir)
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     return model.eval(), tokenizer, f"{base_name} + {adapter_dir}"
 
 
-def _run_recipe(adapter_dir: Path) -> Recipe | None:
+def require_safetensors(adapter_dir: Path) -> None:
+    """Adapters load from safetensors only: a pickle file can run code when unpickled."""
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise LowtuneError(f"{adapter_dir} has no adapter_model.safetensors; lowtune loads safetensors only")
+
+
+def run_recipe(adapter_dir: Path) -> Recipe | None:
     config = adapter_dir.parent / "config.yaml"
     return load_recipe(config) if config.is_file() else None
 
 
-def _adapter_base(adapter_dir: Path) -> str:
+def adapter_base(adapter_dir: Path) -> str:
     base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise LowtuneError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path")

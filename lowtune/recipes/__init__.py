@@ -113,6 +113,7 @@ def fit(trainer, run: RunDir, recipe: Recipe) -> dict[str, Any]:
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "device": device.type,
+        "quantization": models.resolve_quantization(recipe.model, device),
     }
 
 

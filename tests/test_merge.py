@@ -1,0 +1,124 @@
+import json
+
+import pytest
+import torch
+
+from lowtune import export, recipes
+from lowtune.cli import main
+from lowtune.config import load_recipe
+from lowtune.errors import LowtuneError
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny-random SFT run whose adapter covers q_proj and v_proj only, trained hard enough to matter."""
+    out = tmp_path_factory.mktemp("runs")
+    recipe = load_recipe(
+        None,
+        [
+            "model.name=tiny-random",
+            "data.n_train=32",
+            "train.max_steps=4",
+            "train.learning_rate=3e-2",
+            "train.per_device_train_batch_size=4",
+            "lora.target_modules=[q_proj, v_proj]",
+            "eval.task=null",
+            f"output.dir={out}",
+            "output.quiet=true",
+        ],
+    )
+    run, _ = recipes.train(recipe)
+    return run.path
+
+
+def logits(model, tokenizer, prompt="What is 12 + 34?"):
+    batch = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch).logits.float()
+
+
+def test_merge_matches_base_plus_adapter_and_loads_with_plain_transformers(run_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    report = export.merge(run_dir, tmp_path / "merged", dtype="fp32")
+    assert report["passed"] and report["base_weights"] == "original"
+    assert report["max_abs_logprob_diff"] <= 1e-3 and report["mean_kl"] <= 1e-6
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    with_adapter = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
+    torch.testing.assert_close(logits(merged, tokenizer), logits(with_adapter, tokenizer), atol=1e-4, rtol=1e-4)
+    with with_adapter.disable_adapter():
+        assert not torch.allclose(logits(with_adapter, tokenizer), logits(merged, tokenizer), atol=1e-3)
+
+    assert not any("lora" in k for k in merged.state_dict())
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert GenerationConfig.from_pretrained(tmp_path / "merged").eos_token_id == eot
+    saved = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
+    assert saved["mean_kl"] == report["mean_kl"] and saved["stop_tokens"] == ["<|im_end|>"]
+
+
+def test_dequantized_base_puts_unadapted_weights_on_the_nf4_grid(run_dir, tmp_path, tiny_path):
+    from safetensors.torch import load_file
+
+    report = export.merge(run_dir, tmp_path / "deq", dtype="fp32", base="dequantized")
+    assert report["passed"] and report["base_weights"] == "dequantized"
+    merged = load_file(tmp_path / "deq" / "model.safetensors")
+    original = load_file(tiny_path / "model.safetensors")
+    key = "model.layers.0.self_attn.k_proj.weight"  # not adapted: exactly dequant(NF4(W))
+    assert not torch.equal(merged[key], original[key])
+    blocks = merged[key].flatten().reshape(-1, 64)
+    assert max(len(torch.unique(b)) for b in blocks) <= 16  # 4-bit codes: at most 16 levels per block
+    assert (merged[key] - original[key]).abs().max() < 0.2 * original[key].abs().max()
+
+
+def test_bf16_merge_is_saved_in_bf16_and_verified(run_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    report = export.merge(run_dir, tmp_path / "bf16", dtype="bf16")
+    assert report["passed"] and report["dtype"] == "bf16"
+    tensors = load_file(tmp_path / "bf16" / "model.safetensors")
+    assert all(t.dtype == torch.bfloat16 for t in tensors.values())
+
+
+def test_failed_verification_leaves_nothing_behind(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(export.MERGE_TOLERANCE, "bf16", (0.0, 0.0))
+    with pytest.raises(LowtuneError, match="beyond tolerance"):
+        export.merge(run_dir, tmp_path / "out", dtype="bf16")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_input(run_dir, tmp_path):
+    with pytest.raises(LowtuneError, match="has no adapter"):
+        export.merge(tmp_path, tmp_path / "x")
+    with pytest.raises(LowtuneError, match="does not exist"):
+        export.merge(tmp_path / "nope", tmp_path / "x")
+    existing = tmp_path / "taken"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    with pytest.raises(LowtuneError, match="already exists"):
+        export.merge(run_dir, existing)
+    assert (existing / "keep.txt").read_text() == "mine"
+
+
+def test_missing_base_is_a_clear_error(run_dir, tmp_path):
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(run_dir / "adapter", adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "gone")
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(LowtuneError, match="neither a builtin"):
+        export.merge(adapter, tmp_path / "x")
+
+
+def test_cli_merge_prints_the_verification(run_dir, tmp_path, capsys):
+    assert main(["merge", str(run_dir), "--out", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "lowtune merge" in out and "mean KL" in out and "verified" in out and "<|im_end|>" in out
+    assert main(["merge", str(run_dir), "--out", str(tmp_path / "m")]) == 2
+    assert "already exists" in capsys.readouterr().out
