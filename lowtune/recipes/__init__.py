@@ -16,7 +16,7 @@ import torch
 
 from lowtune import evaluate, models, ui
 from lowtune.config import Recipe, train_config_class
-from lowtune.errors import LowtuneError
+from lowtune.errors import LowtuneError, did_you_mean
 from lowtune.runs import RunDir, peak_memory_mb
 
 METHODS = {"sft": "lowtune.recipes.sft"}
@@ -41,8 +41,6 @@ def find_recipe(name_or_path: str) -> Path:
     shipped = shipped_recipes()
     if name_or_path in shipped:
         return shipped[name_or_path]
-    from lowtune.errors import did_you_mean
-
     raise LowtuneError(
         f"recipe {name_or_path} is neither a file nor a shipped recipe{did_you_mean(name_or_path, shipped)}"
     )
