@@ -101,7 +101,10 @@ def cmd_train(args) -> int:
         ("wall time", f"{summary['wall_time_s']:.1f} s ({summary['s_per_step']:.2f} s/step)"),
         ("tokens/s", f"{summary['tokens_per_s']:,.0f}"),
         ("peak memory", f"{summary['peak_memory_mb']:,.0f} MiB"),
-        ("loss", f"{summary['first_loss']:.4f} → {summary['final_loss']:.4f}" if summary["final_loss"] else "-"),
+        (
+            "loss",
+            "-" if summary["final_loss"] is None else f"{summary['first_loss']:.4f} → {summary['final_loss']:.4f}",
+        ),
     ]
     before, after = summary.get("eval_before"), summary.get("eval_after")
     if before and after:
@@ -197,7 +200,12 @@ def cmd_export(args) -> int:
             ("file", f"{report['file']} ({report['bytes'] / 2**20:,.1f} MiB, {report['quant']})"),
             ("max |Δ logit|", f"{report['max_abs_logit_diff']:.3g}"),
             ("mean KL", f"{report['mean_kl']:.2e}"),
-            ("tolerance", str(report["tolerance"])),
+            (
+                "limits",
+                f"max |Δ logit| ≤ {report['tolerance']['max_abs_logit_diff']:.3g}, "
+                f"KL ≤ {report['tolerance']['mean_kl']:g}",
+            ),
+            ("verified", "yes (reloaded with transformers' GGUF loader)" if report["passed"] else "no"),
             ("stop", str(report["stop"])),
             ("Ollama", f"{report['modelfile']}  (ollama create NAME -f {report['modelfile']})"),
         ],

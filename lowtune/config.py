@@ -23,7 +23,13 @@ import yaml
 from lowtune.errors import LowtuneError, did_you_mean
 
 # method -> the TRL config class its `train` section is checked against and passed to.
-TRAIN_CONFIG_CLASSES = {"sft": "trl.SFTConfig"}
+TRAIN_CONFIG_CLASSES = {"sft": "trl.SFTConfig", "grpo": "trl.GRPOConfig"}
+
+# The default system prompt of reasoning recipes (GRPO), in the DeepSeek-R1 format.
+REASONING_PROMPT = (
+    "Think about the problem step by step inside <think> </think> tags, then give only the final "
+    "answer inside <answer> </answer> tags."
+)
 
 
 def _doc(text: str, **kw: Any) -> Any:
@@ -73,7 +79,16 @@ class DataConfig:
         "or Hugging Face dataset name",
         default="arithmetic",
     )
-    format: str = _doc("auto (detect from columns), messages, prompt_completion, or text", default="auto")
+    format: str = _doc(
+        "auto (detect from columns), messages, prompt_completion, text, prompt_answer, or gsm8k "
+        "(question + answer ending in `#### n`)",
+        default="auto",
+    )
+    system_prompt: str | None = _doc(
+        "system message prepended to each prompt: `auto` (the think/answer reasoning prompt for "
+        "GRPO, none for SFT), null for none, or your own text",
+        default="auto",
+    )
     subset: str | None = _doc("dataset configuration name for hub datasets", default=None)
     split: str = _doc("split to train on (hub datasets and directories)", default="train")
     max_rows: int | None = _doc("use at most this many rows (after shuffling with seed)", default=None)
@@ -81,6 +96,14 @@ class DataConfig:
     n_train: int = _doc("arithmetic: number of training problems", default=2000)
     digits: int = _doc("arithmetic: digits per operand", default=2)
     operations: list[str] = _doc("arithmetic: operations to draw from (+, -, *)", default_factory=lambda: ["+"])
+
+
+@dataclass
+class RewardsConfig:
+    accuracy: float = _doc("weight of accuracy_reward (extracted answer equals the reference)", default=1.0)
+    format: float = _doc("weight of format_reward (<think>…</think><answer>…</answer>)", default=0.0)
+    length: float = _doc("weight of length_reward (cosine length-scaled correctness, Yeo et al. 2025)", default=0.0)
+    length_max: int | None = _doc("length_reward's max length in tokens (default: max_completion_length)", default=None)
 
 
 @dataclass
@@ -113,11 +136,18 @@ class Recipe:
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: dict[str, Any] = _doc("fields of TRL's config class for the method, passed through", default_factory=dict)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def system_prompt(self) -> str | None:
+        """The system message for prompts, with `auto` resolved per method."""
+        if self.data.system_prompt == "auto":
+            return REASONING_PROMPT if self.method == "grpo" else None
+        return self.data.system_prompt
 
 
 SECTIONS = typing.get_type_hints(Recipe)
@@ -245,7 +275,7 @@ CHOICES = {
     "model.quantization": ("auto", "nf4", "int8", "none"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.device": ("auto", "cpu", "cuda"),
-    "data.format": ("auto", "messages", "prompt_completion", "text"),
+    "data.format": ("auto", "messages", "prompt_completion", "text", "prompt_answer", "gsm8k"),
 }
 
 

@@ -1,25 +1,18 @@
 """Generation and accuracy on verifiable tasks (used by `lowtune eval`, recipes and benchmarks).
 
-Answer rule for arithmetic: the last integer in the reply counts (thousands separators removed,
-a leading minus kept). "12 + 34 = 46" and "The answer is 46." are both read as 46.
+The answer rule is the one the rewards use (`lowtune.rewards.extract_answer`): an `<answer>` tag,
+`\\boxed{}`, `#### n` or "the answer is n" if present, else the last number in the reply.
+"12 + 34 = 46" and "<think>...</think><answer>46</answer>" are both read as 46.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
 from lowtune.data import arithmetic
-
-_INTEGER = re.compile(r"-?\d+")
-
-
-def last_integer(text: str) -> int | None:
-    """The last integer in `text` (commas between digits ignored), or None."""
-    found = _INTEGER.findall(re.sub(r"(?<=\d),(?=\d{3})", "", text))
-    return int(found[-1]) if found else None
+from lowtune.rewards import extract_answer, to_number
 
 
 @torch.no_grad()
@@ -31,8 +24,10 @@ def generate(
     batch_size: int = 32,
     do_sample: bool = False,
     temperature: float = 1.0,
+    system_prompt: str | None = None,
 ) -> list[str]:
-    """Chat-templated generation for each user prompt; returns the decoded replies."""
+    """Chat-templated generation for each user prompt (after an optional system message); returns the replies."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     replies = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
@@ -40,7 +35,7 @@ def generate(
         for start in range(0, len(prompts), batch_size):
             texts = [
                 tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                    [*system, {"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
                 )
                 for p in prompts[start : start + batch_size]
             ]
@@ -76,13 +71,16 @@ def arithmetic_accuracy(
     operations: list[str] | None = None,
     max_new_tokens: int = 32,
     batch_size: int = 50,
+    system_prompt: str | None = None,
 ) -> EvalResult:
     """Greedy accuracy on the first `n` held-out arithmetic problems."""
     problems = arithmetic.heldout(n, digits, operations)
     was_training = model.training
     model.eval()
-    replies = generate(model, tokenizer, [p.question for p in problems], max_new_tokens, batch_size)
+    replies = generate(
+        model, tokenizer, [p.question for p in problems], max_new_tokens, batch_size, system_prompt=system_prompt
+    )
     model.train(was_training)
-    correct = sum(last_integer(r) == p.answer for p, r in zip(problems, replies, strict=True))
+    correct = sum(to_number(extract_answer(r)) == p.answer for p, r in zip(problems, replies, strict=True))
     examples = [(p.question, r, p.answer) for p, r in zip(problems, replies, strict=True)]
     return EvalResult(correct / len(problems), len(problems), examples)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -117,7 +118,7 @@ def test_text_and_json_list_and_parquet(tmp_path):
 
 
 def test_unknown_columns_and_missing_file(tmp_path):
-    path = write_jsonl(tmp_path / "x.jsonl", [{"question": "q", "answer": "a"}])
+    path = write_jsonl(tmp_path / "x.jsonl", [{"input": "q", "output": "a"}])
     with pytest.raises(LowtuneError, match=r"x\.jsonl:1: cannot tell the data format"):
         data.load(DataConfig(source=str(path)))
     with pytest.raises(LowtuneError, match="not found"):
@@ -143,3 +144,54 @@ def test_hub_dataset_unreachable_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(LowtuneError, match=r"could not load dataset 'someone/nonexistent-set' \(split train\)"):
         data.load(DataConfig(source="someone/nonexistent-set"))
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_gsm8k_rows_for_grpo_and_sft():
+    path = SHARED / "gsm8k" / "test.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} is not present (shared data sets live beside the repository)")
+    prompts = data.load(DataConfig(source=str(path)), kind="prompt", system_prompt="Think first.")
+    assert len(prompts) == 1319
+    first = json.loads(path.read_text().splitlines()[0])
+    assert prompts[0]["prompt"] == [
+        {"role": "system", "content": "Think first."},
+        {"role": "user", "content": first["question"]},
+    ]
+    assert prompts[0]["answer"] == first["answer"].rsplit("####", 1)[1].strip()
+    assert all(float(a) == float(a) for a in prompts["answer"])  # every reference parses as a number
+    sft = data.load(DataConfig(source=str(path), max_rows=3), kind="sft")
+    assert all("<<" not in r["completion"][0]["content"] and "####" in r["completion"][0]["content"] for r in sft)
+
+
+def test_prompt_rows_need_an_answer(tmp_path):
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "What is 2 + 2?", "answer": 4},
+            {"prompt": "What is 3 + 3?"},
+            {"prompt": [{"role": "user", "content": "hi"}], "answer": ""},
+            {"question": "q", "answer": "no final line"},
+        ],
+    )
+    with pytest.raises(LowtuneError) as e:
+        data.load(DataConfig(source=str(path)), kind="prompt")
+    msg = str(e.value)
+    assert "3 bad row(s)" in msg
+    assert f"{path}:2: field 'answer' is missing" in msg and f"{path}:3: field 'answer' is missing or empty" in msg
+
+
+def test_text_data_cannot_train_grpo(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "hello"}])
+    with pytest.raises(LowtuneError, match="text data cannot train this method"):
+        data.load(DataConfig(source=str(path)), kind="prompt")
+
+
+def test_arithmetic_prompts_carry_the_answer():
+    ds = data.load(DataConfig(n_train=5), kind="prompt")
+    for row in ds:
+        assert [m["role"] for m in row["prompt"]] == ["user"]
+        a, op, b = row["prompt"][0]["content"].removeprefix("What is ").rstrip("?").split()
+        assert int(row["answer"]) == {"+": int(a) + int(b)}[op]

@@ -122,3 +122,16 @@ def test_cli_merge_prints_the_verification(run_dir, tmp_path, capsys):
     assert "lowtune merge" in out and "mean KL" in out and "verified" in out and "<|im_end|>" in out
     assert main(["merge", str(run_dir), "--out", str(tmp_path / "m")]) == 2
     assert "already exists" in capsys.readouterr().out
+
+
+def test_cli_export_merges_a_run_and_writes_gguf_and_modelfile(run_dir, capsys):
+    from transformers import AutoModelForCausalLM
+
+    assert main(["export", str(run_dir), "--quant", "f16"]) == 0
+    out = capsys.readouterr().out
+    gguf, modelfile = run_dir / f"{run_dir.name}-f16.gguf", run_dir / f"{run_dir.name}-f16.Modelfile"
+    assert "lowtune export" in out and "verified" in out
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile.read_text()
+    assert AutoModelForCausalLM.from_pretrained(run_dir, gguf_file=gguf.name).config.model_type == "llama"
+    assert main(["export", str(run_dir), "--quant", "f16"]) == 2  # never overwrites
+    assert "already exists" in capsys.readouterr().out

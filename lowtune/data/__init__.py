@@ -7,15 +7,20 @@ Formats (one place, documented in the README):
   before the last assistant reply / that reply), so the loss covers the final reply only.
 - `prompt_completion`: {"prompt": str, "completion": str}; loss on the completion.
 - `text`: {"text": str}; loss on every token.
+- `prompt_answer`: {"prompt": str or messages, "answer": str or number}; for GRPO (rewards compare
+  against `answer`).
+- `gsm8k`: {"question": str, "answer": "...reasoning... #### 72"}; GRPO gets the question and the
+  number after `####`; SFT learns the reasoning (calculator annotations `<<48/2=24>>` removed).
 
 Every row is checked before training; all bad rows are reported as `file:line: field: problem`
-and nothing trains.
+and nothing trains. A configured system prompt is prepended to prompts that have none.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,14 +32,25 @@ from lowtune.errors import LowtuneError
 FORMATS = {
     "messages": ("messages",),
     "prompt_completion": ("prompt", "completion"),
+    "prompt_answer": ("prompt", "answer"),
+    "gsm8k": ("question", "answer"),
     "text": ("text",),
+}
+# Which formats each kind of training data accepts.
+KINDS = {
+    "sft": ("messages", "prompt_completion", "text", "gsm8k"),
+    "prompt": ("messages", "prompt_answer", "gsm8k"),
 }
 ROLES = ("system", "user", "assistant", "tool")
 MAX_REPORTED = 20
 
 
-def load(cfg: DataConfig, kind: str = "sft"):
-    """Load, validate and convert the training data for a method `kind` into a `datasets.Dataset`."""
+def load(cfg: DataConfig, kind: str = "sft", system_prompt: str | None = None):
+    """Load, validate and convert training data into a `datasets.Dataset`.
+
+    `kind` is `sft` (prompt/completion or text records) or `prompt` (chat prompt + reference
+    `answer`, for GRPO). `system_prompt`, when given, is prepended to prompts without one.
+    """
     from datasets import Dataset
 
     rows = list(read_rows(cfg))
@@ -45,10 +61,16 @@ def load(cfg: DataConfig, kind: str = "sft"):
 
         rows = random.Random(cfg.seed).sample(rows, cfg.max_rows)
     fmt = cfg.format if cfg.format != "auto" else detect_format(rows[0][1], rows[0][0])
-    if kind == "sft":
-        records = validate_sft(rows, fmt)
-    else:
-        raise ValueError(f"unknown data kind {kind}")
+    if fmt not in KINDS[kind]:
+        raise LowtuneError(
+            f"{cfg.source}: {fmt} data cannot train this method; it needs one of {', '.join(KINDS[kind])}"
+        )
+    build = _sft_record if kind == "sft" else _prompt_record
+    records = validate(rows, fmt, build)
+    if system_prompt:
+        for r in records:
+            if isinstance(r.get("prompt"), list) and r["prompt"][0]["role"] != "system":
+                r["prompt"] = [{"role": "system", "content": system_prompt}, *r["prompt"]]
     return Dataset.from_list(records)
 
 
@@ -57,7 +79,7 @@ def read_rows(cfg: DataConfig) -> Iterator[tuple[str, dict[str, Any]]]:
     if cfg.source == "arithmetic":
         for i, p in enumerate(arithmetic.train(cfg.n_train, cfg.digits, cfg.operations, cfg.seed)):
             messages = [{"role": "user", "content": p.question}, {"role": "assistant", "content": p.solution}]
-            yield f"arithmetic row {i}", {"messages": messages}
+            yield f"arithmetic row {i}", {"messages": messages, "answer": str(p.answer)}
         return
     path = Path(cfg.source).expanduser()
     if path.is_dir():
@@ -145,12 +167,12 @@ def detect_format(row: dict, where: str) -> str:
     )
 
 
-def validate_sft(rows: list[tuple[str, dict]], fmt: str) -> list[dict]:
-    """Check every row for SFT and convert it to a TRL SFT record; raise listing all bad rows."""
+def validate(rows: list[tuple[str, dict]], fmt: str, build) -> list[dict]:
+    """Check every row and convert it with `build`; raise listing all bad rows."""
     records, problems = [], []
     for where, row in rows:
         try:
-            records.append(_sft_record(row, fmt, where))
+            records.append(build(row, fmt))
         except _RowError as e:
             problems.append(f"{where}: {e}")
     if problems:
@@ -177,26 +199,66 @@ def _text_field(row: dict, key: str) -> str:
     return value
 
 
-def _sft_record(row: dict, fmt: str, where: str) -> dict:
+def _sft_record(row: dict, fmt: str) -> dict:
     if fmt == "text":
         return {"text": _text_field(row, "text")}
     if fmt == "prompt_completion":
         return {"prompt": _text_field(row, "prompt"), "completion": _text_field(row, "completion")}
-    messages = row.get("messages")
+    if fmt == "gsm8k":
+        question, answer = _text_field(row, "question"), _gsm8k_answer(row)[0]
+        return {
+            "prompt": [{"role": "user", "content": question}],
+            "completion": [{"role": "assistant", "content": answer}],
+        }
+    clean = _messages(row)
+    return {"prompt": clean[:-1], "completion": clean[-1:]}
+
+
+def _prompt_record(row: dict, fmt: str) -> dict:
+    if fmt == "gsm8k":
+        return {"prompt": [{"role": "user", "content": _text_field(row, "question")}], "answer": _gsm8k_answer(row)[1]}
+    answer = row.get("answer")
+    if answer is None or (isinstance(answer, str) and not answer.strip()):
+        raise _RowError("field 'answer' is missing or empty (rewards compare completions against it)")
+    if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
+        raise _RowError(f"field 'answer' must be a string or a number, got {type(answer).__name__}")
+    if fmt == "messages":
+        prompt = _messages(row)[:-1]  # the reference reply is not part of the prompt
+    elif isinstance(row.get("prompt"), list):
+        prompt = _messages({"messages": row["prompt"]}, field="prompt", last_assistant=False)
+    else:
+        prompt = [{"role": "user", "content": _text_field(row, "prompt")}]
+    return {"prompt": prompt, "answer": str(answer)}
+
+
+def _gsm8k_answer(row: dict) -> tuple[str, str]:
+    """(the reasoning without calculator annotations, the number after `####`)."""
+    text = _text_field(row, "answer")
+    if "####" not in text:
+        raise _RowError("field 'answer' has no final '#### <number>' line")
+    reasoning, final = text.rsplit("####", 1)
+    number = final.strip().replace(",", "")
+    if not number:
+        raise _RowError("field 'answer' has nothing after '####'")
+    return re.sub(r"<<[^>]*>>", "", text), number
+
+
+def _messages(row: dict, field: str = "messages", last_assistant: bool = True) -> list[dict]:
+    messages = row.get(field)
     if messages is None:
-        raise _RowError("field 'messages' is missing")
+        raise _RowError(f"field '{field}' is missing")
     if not isinstance(messages, list) or not messages:
-        raise _RowError("field 'messages' must be a non-empty list of {role, content}")
+        raise _RowError(f"field '{field}' must be a non-empty list of {{role, content}}")
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise _RowError(f"field 'messages[{i}]' must be an object with role and content")
+            raise _RowError(f"field '{field}[{i}]' must be an object with role and content")
         if m.get("role") not in ROLES:
-            raise _RowError(f"field 'messages[{i}].role' is {m.get('role')!r}; use one of {', '.join(ROLES)}")
+            raise _RowError(f"field '{field}[{i}].role' is {m.get('role')!r}; use one of {', '.join(ROLES)}")
         if not isinstance(m.get("content"), str) or not m["content"].strip():
-            raise _RowError(f"field 'messages[{i}].content' is missing or empty")
-    if messages[-1]["role"] != "assistant":
-        raise _RowError(f"field 'messages[{len(messages) - 1}].role': the last turn must be the assistant's")
-    if len(messages) < 2:
-        raise _RowError("field 'messages' needs at least one turn before the assistant reply")
-    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return {"prompt": clean[:-1], "completion": clean[-1:]}
+            raise _RowError(f"field '{field}[{i}].content' is missing or empty")
+    if last_assistant:
+        if messages[-1]["role"] != "assistant":
+            raise _RowError(f"field '{field}[{len(messages) - 1}].role': the last turn must be the assistant's")
+        if len(messages) < 2:
+            raise _RowError(f"field '{field}' needs at least one turn before the assistant reply")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]

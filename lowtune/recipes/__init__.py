@@ -19,7 +19,7 @@ from lowtune.config import Recipe, train_config_class
 from lowtune.errors import LowtuneError, did_you_mean
 from lowtune.runs import RunDir, peak_memory_mb
 
-METHODS = {"sft": "lowtune.recipes.sft"}
+METHODS = {"sft": "lowtune.recipes.sft", "grpo": "lowtune.recipes.grpo"}
 SHIPPED = [
     Path(__file__).resolve().parent.parent / "shipped_recipes",  # inside an installed wheel
     Path(__file__).resolve().parent.parent.parent / "recipes",  # a source checkout
@@ -130,5 +130,6 @@ def heldout_accuracy(model, tokenizer, recipe: Recipe) -> dict[str, Any] | None:
         operations=cfg.operations or recipe.data.operations,
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
+        system_prompt=recipe.system_prompt(),
     )
     return {"task": cfg.task, "n": result.n, "accuracy": result.accuracy, "example": result.examples[0][1]}

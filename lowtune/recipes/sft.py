@@ -19,7 +19,7 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     from trl import SFTTrainer
 
     model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say)
-    dataset = data.load(recipe.data, kind="sft")
+    dataset = data.load(recipe.data, kind="sft", system_prompt=recipe.system_prompt())
     ui.say(f"{len(dataset)} training rows from {recipe.data.source}")
 
     with model.disable_adapter():
