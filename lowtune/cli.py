@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=100, help="number of held-out problems")
     p.add_argument("--digits", type=int, default=2)
     p.add_argument("--operations", default="+", help="comma-separated, from + - *")
+    p.add_argument("--operands", type=int, default=2, choices=[2, 3, 4])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--show", type=int, default=3, help="print this many example replies")
@@ -142,7 +143,9 @@ def cmd_eval(args) -> int:
     if not operations or any(op not in ("+", "-", "*") for op in operations):
         raise LowtuneError(f"--operations {args.operations!r}: use a comma-separated list of +, -, *")
     model, tokenizer, name = models.load_for_inference(args.model, args.device, say=ui.say)
-    result = evaluate.arithmetic_accuracy(model, tokenizer, args.n, args.digits, operations, args.max_new_tokens)
+    result = evaluate.arithmetic_accuracy(
+        model, tokenizer, args.n, args.digits, operations, args.max_new_tokens, operands=args.operands
+    )
     rows = [[q, r.strip().replace("\n", " ")[:60], str(ref)] for q, r, ref in result.examples[: args.show]]
     ui.table("examples", ["question", "reply", "reference"], rows)
     ui.summary_table(

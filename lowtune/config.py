@@ -96,6 +96,7 @@ class DataConfig:
     n_train: int = _doc("arithmetic: number of training problems", default=2000)
     digits: int = _doc("arithmetic: digits per operand", default=2)
     operations: list[str] = _doc("arithmetic: operations to draw from (+, -, *)", default_factory=lambda: ["+"])
+    operands: int = _doc("arithmetic: operands per problem, 2 to 4", default=2)
 
 
 @dataclass
@@ -115,6 +116,7 @@ class EvalConfig:
     n: int = _doc("number of held-out problems", default=100)
     digits: int | None = _doc("digits per operand (default: data.digits)", default=None)
     operations: list[str] | None = _doc("operations (default: data.operations)", default=None)
+    operands: int | None = _doc("operands per problem (default: data.operands)", default=None)
     max_new_tokens: int = _doc("generation budget per answer (the base model reasons at length)", default=128)
     batch_size: int = _doc("problems generated at once", default=50)
 
@@ -289,6 +291,11 @@ def _check_choices(recipe: Recipe, at) -> None:
     for dotted, value in positive.items():
         if value <= 0:
             raise LowtuneError(f"{at(dotted)}: {dotted} must be positive, got {value}")
+    for dotted in ("data.operands", "eval.operands"):
+        section, key = dotted.split(".")
+        value = getattr(getattr(recipe, section), key)
+        if value is not None and not 2 <= value <= 4:
+            raise LowtuneError(f"{at(dotted)}: {dotted} must be 2..4, got {value}")
     if not 1 <= recipe.data.digits <= 6:
         raise LowtuneError(f"{at('data.digits')}: data.digits must be 1..6, got {recipe.data.digits}")
     for dotted in ("data.operations", "eval.operations"):

@@ -72,9 +72,10 @@ def arithmetic_accuracy(
     max_new_tokens: int = 32,
     batch_size: int = 50,
     system_prompt: str | None = None,
+    operands: int = 2,
 ) -> EvalResult:
     """Greedy accuracy on the first `n` held-out arithmetic problems."""
-    problems = arithmetic.heldout(n, digits, operations)
+    problems = arithmetic.heldout(n, digits, operations, operands)
     was_training = model.training
     model.eval()
     replies = generate(

@@ -43,8 +43,6 @@ PROBES = [
     "Write a haiku about autumn.",
     "Explain in one sentence what a LoRA adapter is.",
 ]
-# End-of-turn markers of common chat templates; the generation config stops on them.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
 
 def find_adapter(run_or_adapter: str | Path) -> Path:
@@ -56,15 +54,6 @@ def find_adapter(run_or_adapter: str | Path) -> Path:
     if not path.exists():
         raise LowtuneError(f"{path} does not exist; give a run directory such as runs/sft")
     raise LowtuneError(f"{path} has no adapter (no adapter/adapter_config.json); did the run finish training?")
-
-
-def end_of_turn_token(tokenizer) -> str:
-    """The token that ends an assistant turn in the chat template (falls back to EOS)."""
-    template = tokenizer.chat_template or ""
-    for token in END_OF_TURN:
-        if token in template and token in tokenizer.get_vocab():
-            return token
-    return tokenizer.eos_token
 
 
 def dequantize_nf4_(model) -> int:
@@ -150,7 +139,7 @@ def merge(
     reference = probe_logprobs(peft_model, tokenizer, prompts)
     merged = peft_model.merge_and_unload().to(DTYPES[dtype])
 
-    eot = end_of_turn_token(tokenizer)
+    eot = models.end_of_turn_token(tokenizer)
     stop_ids = list(dict.fromkeys([tokenizer.convert_tokens_to_ids(eot), tokenizer.eos_token_id]))
     merged.generation_config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
     merged.generation_config.pad_token_id = tokenizer.pad_token_id

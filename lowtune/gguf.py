@@ -47,6 +47,7 @@ from pathlib import Path
 from unittest import mock
 
 from lowtune.errors import LowtuneError
+from lowtune.models import end_of_turn_token
 
 QUANTS = ("f16", "q8_0")
 
@@ -226,15 +227,9 @@ def _chat_format(tokenizer, model_dir: Path) -> dict:
             f"{model_dir} has no chat template; GGUF export needs one (chat_template.jinja or "
             "tokenizer_config.json chat_template) so runtimes format prompts and stop correctly"
         )
-    vocab = tokenizer.get_vocab()
     chatml, default_system = _chatml_default_system(tokenizer)
-    if chatml and "<|im_end|>" in vocab:
-        eot = "<|im_end|>"
-    elif "<|eot_id|>" in template and "<|eot_id|>" in vocab:
-        eot = "<|eot_id|>"
-    elif tokenizer.eos_token:
-        eot = tokenizer.eos_token
-    else:
+    eot = end_of_turn_token(tokenizer)
+    if not eot:
         raise LowtuneError(f"{model_dir}: the tokenizer has no eos token and the chat template no known end-of-turn")
     stop = [eot] + ([tokenizer.eos_token] if tokenizer.eos_token and tokenizer.eos_token != eot else [])
     return {"template": template, "eot": eot, "stop": stop, "chatml": chatml, "default_system": default_system}

@@ -72,6 +72,19 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
+# End-of-turn markers of common chat templates (ChatML, Llama 3, Gemma, Phi-3), in that order.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
+def end_of_turn_token(tokenizer) -> str:
+    """The token that ends an assistant turn in the chat template (falls back to EOS)."""
+    template = tokenizer.chat_template or ""
+    for token in END_OF_TURN:
+        if token in template and token in tokenizer.get_vocab():
+            return token
+    return tokenizer.eos_token
+
+
 def load(model_cfg: ModelConfig, lora_cfg: LoraConfig | None = None, say=None):
     """Load base + tokenizer per `model_cfg`, and wrap it with a fresh trainable LoRA adapter.
 

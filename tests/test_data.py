@@ -16,13 +16,26 @@ def test_arithmetic_is_deterministic_and_never_overlaps_heldout():
     assert len(set(train)) == len(train)
     heldout = set(arithmetic.heldout(500, digits=2, operations=["-", "+"]))
     assert len(heldout) == 500 and not heldout & set(train)
-    assert all(10 <= p.a <= 99 and 10 <= p.b <= 99 and p.op in "+-" for p in train)
+    assert all(all(10 <= t <= 99 for t in p.terms) and len(p.terms) == 2 and p.ops[0] in "+-" for p in train)
 
 
 def test_heldout_does_not_depend_on_training_seed_and_prefixes_are_stable():
     assert arithmetic.heldout(50) == arithmetic.heldout(100)[:50]
     p = arithmetic.heldout(1, digits=1, operations=["*"])[0]
-    assert p.answer == p.a * p.b and p.solution.endswith(f"= {p.a * p.b}")
+    a, b = p.terms
+    assert p.answer == a * b and p.solution == f"{a} * {b} = {a * b}"
+
+
+def test_more_operands_follow_precedence_and_stay_disjoint():
+    p = arithmetic.Problem((2, 3, 4, 5), ("+", "*", "-"))
+    assert p.question == "What is 2 + 3 * 4 - 5?" and p.answer == 9
+    assert arithmetic.Problem((7, 2, 3), ("-", "-")).answer == 2
+    assert arithmetic.Problem((2, 3, 4), ("*", "*")).answer == 24
+    train = arithmetic.train(300, digits=1, operations=["+", "-", "*"], operands=3)
+    heldout = set(arithmetic.heldout(100, digits=1, operations=["+", "-", "*"], operands=3))
+    assert all(len(p.terms) == 3 for p in train) and not heldout & set(train)
+    for p in train[:50]:  # the answer is what Python computes for the same expression
+        assert p.answer == eval(p.expression)  # noqa: S307 - a test oracle on our own digits and operators
 
 
 def test_small_space_gives_all_remaining_problems():

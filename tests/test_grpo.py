@@ -33,8 +33,9 @@ def test_grpo_runs_and_logs_every_reward(tmp_path):
 
 
 def test_reasoning_prompt_is_the_default_and_can_be_turned_off(tmp_path):
-    assert grpo_recipe(tmp_path).system_prompt() == REASONING_PROMPT
-    assert grpo_recipe(tmp_path, "data.system_prompt=null").system_prompt() is None
+    assert load_recipe(None, ["method=grpo"]).system_prompt() == REASONING_PROMPT
+    assert grpo_recipe(tmp_path, "data.system_prompt=auto").system_prompt() == REASONING_PROMPT
+    assert grpo_recipe(tmp_path).system_prompt() is None  # the shipped CPU recipe turns it off (see its comment)
     assert load_recipe(None, ["method=sft"]).system_prompt() is None
 
 

@@ -77,7 +77,7 @@ def load(cfg: DataConfig, kind: str = "sft", system_prompt: str | None = None):
 def read_rows(cfg: DataConfig) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (location, row) pairs; the location is `file:line` or `name[split] row i`."""
     if cfg.source == "arithmetic":
-        for i, p in enumerate(arithmetic.train(cfg.n_train, cfg.digits, cfg.operations, cfg.seed)):
+        for i, p in enumerate(arithmetic.train(cfg.n_train, cfg.digits, cfg.operations, cfg.seed, cfg.operands)):
             messages = [{"role": "user", "content": p.question}, {"role": "assistant", "content": p.solution}]
             yield f"arithmetic row {i}", {"messages": messages, "answer": str(p.answer)}
         return

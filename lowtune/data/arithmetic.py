@@ -1,7 +1,9 @@
-"""The builtin verifiable task: integer arithmetic with configurable digits and operations.
+"""The builtin verifiable task: integer arithmetic with configurable difficulty.
 
-Deterministic by seed. The held-out set depends only on (digits, operations) and is drawn first;
-training problems are drawn from the rest, so the two never overlap whatever the training seed.
+Difficulty: digits per operand, number of operands (2-4), and operations (+, -, *; usual
+precedence, * before + and -). Deterministic by seed. The held-out set depends only on
+(digits, operations, operands) and is drawn first; training problems are drawn from the rest, so
+the two never overlap whatever the training seed.
 """
 
 from __future__ import annotations
@@ -11,66 +13,91 @@ from dataclasses import dataclass
 
 from lowtune.errors import LowtuneError
 
-OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+OPERATIONS = ("+", "-", "*")
 HELDOUT_SEED = 20260101
 HELDOUT_SIZE = 500
 
 
 @dataclass(frozen=True)
 class Problem:
-    a: int
-    op: str
-    b: int
+    terms: tuple[int, ...]
+    ops: tuple[str, ...]
+
+    @property
+    def expression(self) -> str:
+        parts = [str(self.terms[0])]
+        for op, term in zip(self.ops, self.terms[1:], strict=True):
+            parts += [op, str(term)]
+        return " ".join(parts)
 
     @property
     def answer(self) -> int:
-        return OPERATIONS[self.op](self.a, self.b)
+        # Products first, then a left-to-right sum of signed products.
+        total, product, sign = 0, self.terms[0], 1
+        for op, term in zip(self.ops, self.terms[1:], strict=True):
+            if op == "*":
+                product *= term
+            else:
+                total += sign * product
+                product, sign = term, (1 if op == "+" else -1)
+        return total + sign * product
 
     @property
     def question(self) -> str:
-        return f"What is {self.a} {self.op} {self.b}?"
+        return f"What is {self.expression}?"
 
     @property
     def solution(self) -> str:
-        return f"{self.a} {self.op} {self.b} = {self.answer}"
+        return f"{self.expression} = {self.answer}"
 
 
-def _space(digits: int, operations: list[str]) -> int:
+def _space(digits: int, operations: list[str], operands: int) -> int:
     low = 0 if digits == 1 else 10 ** (digits - 1)
-    return (10**digits - low) ** 2 * len(operations)
+    return (10**digits - low) ** operands * len(operations) ** (operands - 1)
 
 
-def _draw(rng: random.Random, digits: int, operations: list[str]) -> Problem:
+def _draw(rng: random.Random, digits: int, operations: list[str], operands: int) -> Problem:
     low = 0 if digits == 1 else 10 ** (digits - 1)
     high = 10**digits - 1
-    return Problem(rng.randint(low, high), rng.choice(operations), rng.randint(low, high))
+    terms, ops = [rng.randint(low, high)], []
+    for _ in range(operands - 1):
+        ops.append(rng.choice(operations))
+        terms.append(rng.randint(low, high))
+    return Problem(tuple(terms), tuple(ops))
 
 
-def _unique(rng: random.Random, n: int, digits: int, operations: list[str], exclude: set[Problem]) -> list[Problem]:
-    available = _space(digits, operations) - len(exclude)
-    n = min(n, available)
+def _unique(
+    rng: random.Random, n: int, digits: int, operations: list[str], operands: int, exclude: set[Problem]
+) -> list[Problem]:
+    n = min(n, _space(digits, operations, operands) - len(exclude))
     seen: set[Problem] = set()
     out = []
     while len(out) < n:
-        p = _draw(rng, digits, operations)
+        p = _draw(rng, digits, operations, operands)
         if p not in exclude and p not in seen:
             seen.add(p)
             out.append(p)
     return out
 
 
-def heldout(n: int, digits: int = 2, operations: list[str] | None = None) -> list[Problem]:
-    """The first `n` (at most HELDOUT_SIZE) held-out problems for this digits/operations setting."""
+def _heldout_size(digits: int, operations: list[str], operands: int) -> int:
+    return min(HELDOUT_SIZE, _space(digits, operations, operands) // 5)
+
+
+def heldout(n: int, digits: int = 2, operations: list[str] | None = None, operands: int = 2) -> list[Problem]:
+    """The first `n` (at most HELDOUT_SIZE) held-out problems for this difficulty."""
     operations = sorted(operations or ["+"])
-    size = min(HELDOUT_SIZE, _space(digits, operations) // 5)
+    size = _heldout_size(digits, operations, operands)
     if n > size:
         raise LowtuneError(f"eval.n is {n}, but only {size} held-out problems exist for {digits} digit(s) {operations}")
-    rng = random.Random(f"{HELDOUT_SEED}-{digits}-{''.join(operations)}")
-    return _unique(rng, size, digits, operations, set())[:n]
+    key = f"{HELDOUT_SEED}-{digits}-{''.join(operations)}" + (f"-{operands}" if operands != 2 else "")
+    return _unique(random.Random(key), size, digits, operations, operands, set())[:n]
 
 
-def train(n: int, digits: int = 2, operations: list[str] | None = None, seed: int = 0) -> list[Problem]:
+def train(
+    n: int, digits: int = 2, operations: list[str] | None = None, seed: int = 0, operands: int = 2
+) -> list[Problem]:
     """`n` distinct training problems, none of them in the held-out set (fewer if the space is small)."""
     operations = sorted(operations or ["+"])
-    exclude = set(heldout(min(HELDOUT_SIZE, _space(digits, operations) // 5), digits, operations))
-    return _unique(random.Random(seed), n, digits, operations, exclude)
+    exclude = set(heldout(_heldout_size(digits, operations, operands), digits, operations, operands))
+    return _unique(random.Random(seed), n, digits, operations, operands, exclude)

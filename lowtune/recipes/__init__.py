@@ -131,5 +131,6 @@ def heldout_accuracy(model, tokenizer, recipe: Recipe) -> dict[str, Any] | None:
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
         system_prompt=recipe.system_prompt(),
+        operands=cfg.operands or recipe.data.operands,
     )
     return {"task": cfg.task, "n": result.n, "accuracy": result.accuracy, "example": result.examples[0][1]}

@@ -63,9 +63,7 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     )
     funcs, weights = reward_functions(recipe, args.max_completion_length)
     args.reward_weights = weights
-    trainer = GRPOTrainer(
-        model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer
-    )
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
     summary = fit(trainer, run_dir, recipe)
 
     after = heldout_accuracy(model, tokenizer, recipe)
