@@ -44,3 +44,54 @@ def test_all_rewards_off_is_an_error(tmp_path):
     with pytest.raises(LowtuneError, match="every weight is 0"):
         recipes.train(recipe)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lowtune_kernel_inside_trls_fused_head_gives_trls_loss_and_gradients(tiny_path, tmp_path, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.trainer.utils import add_fused_lm_head
+
+    import lowtune.kernels
+    from lowtune.recipes import logprob_kernel
+
+    calls = []
+    real = lowtune.kernels.token_logprobs
+    monkeypatch.setattr(lowtune.kernels, "token_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_path)
+    batch = tokenizer(["What is 12 + 34? 46", "Hi"], return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+
+    def run(kernel):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_path)
+        add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))  # as GRPOTrainer does
+        recipe = grpo_recipe(tmp_path, f"model.logprob_kernel={kernel}")
+        with logprob_kernel(recipe) as used:
+            out = model(**batch, labels=labels, fused_lm_head=True)
+            (out.loss + out.entropy.sum()).backward()
+        assert used == kernel
+        return out, model.model.layers[0].self_attn.q_proj.weight.grad
+
+    ours, our_grad = run("lowtune")
+    assert calls  # the patched head really went through lowtune's kernel
+    n = len(calls)
+    theirs, their_grad = run("trl")
+    assert len(calls) == n
+    torch.testing.assert_close(ours.log_probs, theirs.log_probs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.entropy, theirs.entropy, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.loss, theirs.loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(our_grad, their_grad, atol=1e-6, rtol=1e-4)
+    assert (ours.log_probs[labels[:, 1:] == -100] == 0).all()
+
+
+def test_auto_kernel_is_lowtune_on_cpu_and_trl_is_restored(tmp_path):
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    from lowtune.recipes import logprob_kernel
+
+    original = trl_utils._ChunkedLogProbFunction
+    with logprob_kernel(grpo_recipe(tmp_path)) as used:
+        if not torch.cuda.is_available():
+            assert used == "lowtune" and trl_utils._ChunkedLogProbFunction is not original
+    assert trl_utils._ChunkedLogProbFunction is original

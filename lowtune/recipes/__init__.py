@@ -6,6 +6,7 @@ defaults, timing, peak memory, held-out evaluation) lives here, once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import shutil
 import time
@@ -134,3 +135,49 @@ def heldout_accuracy(model, tokenizer, recipe: Recipe) -> dict[str, Any] | None:
         operands=cfg.operands or recipe.data.operands,
     )
     return {"task": cfg.task, "n": result.n, "accuracy": result.accuracy, "example": result.examples[0][1]}
+
+
+class _TokenLogprobsForTRL:
+    """Stands in for TRL 1.16's ChunkedLogProbFunction (same `apply` signature and 5 outputs).
+
+    lowtune's `token_logprobs` computes log_probs and entropy; any other output TRL asks for
+    (DPO's mean_logits, is_top1, ...) goes to TRL's own function.
+    """
+
+    trl_function = None
+
+    @classmethod
+    def apply(cls, hidden, weight, bias, labels, temperature, chunk_size, softcap, logit_scale, outputs):
+        if not set(outputs) <= {"log_probs", "entropy"}:
+            return cls.trl_function.apply(
+                hidden, weight, bias, labels, temperature, chunk_size, softcap, logit_scale, outputs
+            )
+        from lowtune.kernels import token_logprobs
+
+        entropy = "entropy" in outputs
+        out = token_logprobs(
+            hidden, weight, labels, bias=bias, temperature=temperature, softcap=softcap,
+            logit_scale=1.0 if logit_scale is None else logit_scale, return_entropy=entropy,
+        )  # fmt: skip
+        logp, ent = out if entropy else (out, None)
+        return logp, ent, None, None, None
+
+
+@contextlib.contextmanager
+def logprob_kernel(recipe: Recipe):
+    """While active, TRL's fused LM head computes per-token log-probs with lowtune's kernel (per the recipe)."""
+    choice = recipe.model.logprob_kernel
+    if choice == "auto":
+        choice = "lowtune" if models.resolve_device(recipe.model).type == "cpu" else "trl"
+    if choice == "trl":
+        yield "trl"
+        return
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._ChunkedLogProbFunction
+    _TokenLogprobsForTRL.trl_function = original
+    trl_utils._ChunkedLogProbFunction = _TokenLogprobsForTRL
+    try:
+        yield "lowtune"
+    finally:
+        trl_utils._ChunkedLogProbFunction = original

@@ -14,7 +14,7 @@ from typing import Any
 from lowtune import data, models, rewards, ui
 from lowtune.config import Recipe
 from lowtune.errors import LowtuneError
-from lowtune.recipes import fit, heldout_accuracy, trl_args
+from lowtune.recipes import fit, heldout_accuracy, logprob_kernel, trl_args
 from lowtune.runs import RunDir
 
 
@@ -64,13 +64,15 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     funcs, weights = reward_functions(recipe, args.max_completion_length)
     args.reward_weights = weights
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
-    summary = fit(trainer, run_dir, recipe)
+    with logprob_kernel(recipe) as kernel:
+        summary = fit(trainer, run_dir, recipe)
 
     after = heldout_accuracy(model, tokenizer, recipe)
     return {
         "method": "grpo",
         "model": recipe.model.name,
         "rows": len(dataset),
+        "logprob_kernel": kernel,
         "rewards": dict(zip([f.__name__ for f in funcs], weights, strict=True)),
         **summary,
         "eval_before": before,
