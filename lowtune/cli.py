@@ -236,7 +236,9 @@ def cmd_recipes(args) -> int:
         if args.explain not in TRAIN_CONFIG_CLASSES:
             raise LowtuneError(f"unknown method {args.explain}; methods: {', '.join(TRAIN_CONFIG_CLASSES)}")
         ui.table(
-            f"recipe fields for {args.explain}", ["field", "default", "what"], [list(r) for r in explain(args.explain)]
+            f"recipe fields for {args.explain}",
+            ["field", "default", "what"],
+            [list(r) for r in explain(args.explain, {**recipes.train_defaults(args.explain), "seed": "data.seed"})],
         )
         return 0
     rows = []

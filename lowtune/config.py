@@ -398,8 +398,12 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def explain(method: str | None = None) -> list[tuple[str, str, str]]:
-    """(field, default, doc) rows for every recipe field, for `lowtune recipes --explain`."""
+def explain(method: str | None = None, train_defaults: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
+    """(field, default, doc) rows for every recipe field, for `lowtune recipes --explain`.
+
+    `train_defaults` are lowtune's own defaults for `train` fields; they are shown instead of TRL's.
+    """
+    train_defaults = train_defaults or {}
     rows = []
     for section in dataclasses.fields(Recipe):
         cls = SECTIONS[section.name]
@@ -412,9 +416,10 @@ def explain(method: str | None = None) -> list[tuple[str, str, str]]:
     if method:
         cls = train_config_class(method)
         for f in dataclasses.fields(cls):
-            if f.init and f.name in _TRAIN_HIGHLIGHTS:
+            if f.init and (f.name in _TRAIN_HIGHLIGHTS or f.name in train_defaults):
                 help_ = (f.metadata.get("help") or "").split(". ")[0]
-                rows.append((f"train.{f.name}", repr(f.default), help_))
+                default = f"{train_defaults[f.name]!r} (lowtune)" if f.name in train_defaults else repr(f.default)
+                rows.append((f"train.{f.name}", default, help_))
         rows.append(("train.*", "", f"any other field of {TRAIN_CONFIG_CLASSES[method]}"))
     return rows
 

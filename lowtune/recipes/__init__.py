@@ -64,26 +64,36 @@ def train(recipe: Recipe) -> tuple[RunDir, dict[str, Any]]:
     return run, summary
 
 
-def trl_args(recipe: Recipe, run: RunDir, **method_defaults: Any):
+# lowtune's defaults for every TRL trainer (the recipe's `train` section overrides them).
+TRAIN_DEFAULTS = dict(
+    report_to="none",
+    disable_tqdm=True,  # lowtune draws its own progress bar
+    logging_steps=5,
+    save_strategy="steps",
+    save_steps=50,
+    save_total_limit=2,
+    include_num_input_tokens_seen="non_padding",
+)
+
+
+def train_defaults(method: str) -> dict[str, Any]:
+    """lowtune's and the method module's defaults for `train` fields (device-dependent ones aside)."""
+    return {**TRAIN_DEFAULTS, **importlib.import_module(METHODS[method]).TRAIN_DEFAULTS}
+
+
+def trl_args(recipe: Recipe, run: RunDir):
     """TRL config for the method: lowtune's defaults, then the method's, then the recipe's `train`."""
     device = models.resolve_device(recipe.model)
     dtype = models.resolve_dtype(recipe.model, device)
     defaults = dict(
         output_dir=str(run.checkpoints),
-        report_to="none",
-        disable_tqdm=True,  # lowtune draws its own progress bar
-        logging_steps=5,
-        save_strategy="steps",
-        save_steps=50,
-        save_total_limit=2,
         use_cpu=device.type == "cpu",
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16 and models.resolve_quantization(recipe.model, device) == "none",
         gradient_checkpointing=recipe.model.gradient_checkpointing,
-        include_num_input_tokens_seen="non_padding",
         seed=recipe.data.seed,
     )
-    return train_config_class(recipe.method)(**{**defaults, **method_defaults, **recipe.train})
+    return train_config_class(recipe.method)(**{**defaults, **train_defaults(recipe.method), **recipe.train})
 
 
 def fit(trainer, run: RunDir, recipe: Recipe) -> dict[str, Any]:

@@ -17,6 +17,19 @@ from lowtune.errors import LowtuneError
 from lowtune.recipes import fit, heldout_accuracy, logprob_kernel, trl_args
 from lowtune.runs import RunDir
 
+# Defaults measured to learn on the builtin model in minutes (README, benchmarks/grpo_arithmetic.py).
+# TRL's lr 1e-6 and 512-token budget are sized for full fine-tuning of large models: LoRA takes a
+# larger step, and short completions keep a CPU step in seconds.
+TRAIN_DEFAULTS = dict(
+    learning_rate=2e-4,
+    num_generations=8,
+    max_completion_length=64,
+    per_device_train_batch_size=16,
+    temperature=0.8,
+    beta=0.0,
+    logging_steps=1,
+)
+
 
 def reward_functions(recipe: Recipe, max_completion_length: int) -> tuple[list, list[float]]:
     """The reward functions with non-zero weight, and their weights."""
@@ -47,20 +60,7 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     with model.disable_adapter():
         before = heldout_accuracy(model, tokenizer, recipe)
 
-    # Defaults that learn on the builtin model in minutes (TRL's lr 1e-6 and 512-token budget are
-    # sized for full fine-tuning of large models): LoRA takes a larger step, and short completions
-    # keep a CPU step in seconds.
-    args = trl_args(
-        recipe,
-        run_dir,
-        learning_rate=1e-4,
-        num_generations=8,
-        max_completion_length=96,
-        per_device_train_batch_size=16,
-        temperature=1.0,
-        beta=0.0,
-        logging_steps=1,
-    )
+    args = trl_args(recipe, run_dir)
     funcs, weights = reward_functions(recipe, args.max_completion_length)
     args.reward_weights = weights
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)

@@ -14,6 +14,8 @@ from lowtune.config import Recipe
 from lowtune.recipes import fit, heldout_accuracy, trl_args
 from lowtune.runs import RunDir
 
+TRAIN_DEFAULTS = dict(learning_rate=2e-4, max_length=1024)
+
 
 def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     from trl import SFTTrainer
@@ -25,7 +27,7 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     with model.disable_adapter():
         before = heldout_accuracy(model, tokenizer, recipe)
 
-    args = trl_args(recipe, run_dir, learning_rate=2e-4, max_length=1024)
+    args = trl_args(recipe, run_dir)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     summary = fit(trainer, run_dir, recipe)
 
