@@ -194,11 +194,21 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise LowtuneError(f"override {item!r}: {part} is not a section")
-        target[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+        target[parts[-1]] = _override_value(value)
         lines[key.strip()] = -1
         for i in range(1, len(parts)):  # a new section named by an override
             lines.setdefault(".".join(parts[:i]), -1)
     return _build(raw, where, lines)
+
+
+def _override_value(text: str) -> Any:
+    """An override's value as YAML would read it (3, true, [a, b], null); text YAML cannot parse stays text."""
+    if not text.strip():
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
@@ -336,7 +346,10 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 return _coerce(value, option, key, where)
             except LowtuneError:
                 pass
-        raise LowtuneError(f"{where}: {key} = {value!r} is not a valid {_type_name(tp)}")
+        hint = (
+            " (quote text that contains ': ' or brackets)" if str in options and isinstance(value, (dict, list)) else ""
+        )
+        raise LowtuneError(f"{where}: {key} = {value!r} is not a valid {_type_name(tp)}{hint}")
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -383,7 +396,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise LowtuneError(f"{where}: {key} should be a string, got {value!r}")
+        raise LowtuneError(f"{where}: {key} should be a string, got {value!r} (quote text that contains ': ')")
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         valid = [m.value for m in tp]
         if value in valid:

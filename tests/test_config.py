@@ -108,3 +108,10 @@ def test_explain_documents_every_field():
     fields = {r[0] for r in rows}
     assert {"model.quantization", "lora.use_rslora", "data.source", "train.learning_rate"} <= fields
     assert all(doc for name, _, doc in rows if not name.startswith("train"))
+
+
+def test_override_values_yaml_cannot_parse_stay_text():
+    recipe = load_recipe(None, ["data.system_prompt=[be brief", "data.source='a: b.jsonl'"])
+    assert recipe.data.system_prompt == "[be brief" and recipe.data.source == "a: b.jsonl"
+    with pytest.raises(LowtuneError, match=r"output.name = \{'run': 2\} is not a valid .* \(quote text"):
+        load_recipe(None, ["output.name=run: 2"])
