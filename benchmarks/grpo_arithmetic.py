@@ -29,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="report on this finished run instead of training")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", default="grpo_arithmetic", help="file stem of the results")
     parser.add_argument("overrides", nargs="*", help="recipe overrides for the training run")
     args = parser.parse_args()
     run = args.run
@@ -70,7 +71,7 @@ def main() -> None:
         "mean_length_last_fifth": mean(last, "mean_length"),
         "curve": curve,
     }
-    stem = args.out / "grpo_arithmetic"
+    stem = args.out / args.name
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     rows = [

@@ -105,7 +105,10 @@ def length_reward(
 
     A correct answer earns `correct_short` when short, falling to `correct_long` at `max_length`; a
     wrong one earns `wrong_short` when short, rising to `wrong_long` at `max_length`: the model is
-    pushed to be brief when right and to think longer when wrong. Beyond `max_length`: `exceed`.
+    pushed to be brief when right and to think longer when wrong. At or beyond `max_length`:
+    `exceed` — with `max_length` equal to the generation budget, a completion that reaches it was
+    cut off; scoring it as the "long wrong" 0 instead lets the policy hack the reward by rambling
+    until the cut (measured: every completion truncated within 9 GRPO steps).
     Defaults are the paper's (r0c=2, rLc=1, r0w=-10, rLw=0, re=-10). Length counts tokens when TRL
     passes `completion_ids`, else whitespace-separated words.
     """
@@ -113,7 +116,7 @@ def length_reward(
     rewards = []
     for i, (completion, ok) in enumerate(zip(completions, correct, strict=True)):
         length = len(completion_ids[i]) if completion_ids is not None else len(completion_text(completion).split())
-        if length > max_length:
+        if length >= max_length:  # reaching the limit means the completion was cut off
             rewards.append(exceed)
         elif ok:
             rewards.append(cosine_length_scale(length, max_length, correct_short, correct_long))

@@ -103,6 +103,8 @@ def test_length_reward_prefers_short_right_and_long_wrong():
     assert short_right > long_right >= 1.0
     assert short_wrong < long_wrong <= 0.0
     assert too_long == -10.0
+    # Reaching the limit is being cut off: it must not earn the "long but wrong" 0.
+    assert length_reward(["<answer>5</answer>"], answer=["4"], completion_ids=[ids(256)], max_length=256) == [-10.0]
 
 
 def test_gsm8k_reference_answers_all_parse():
