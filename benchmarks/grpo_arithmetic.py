@@ -47,7 +47,8 @@ def main() -> None:
     logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in logs if "reward" in r]
     curve = [
-        {"step": r["step"], "reward": r["reward"], "mean_length": r["completions/mean_length"],
+        {"step": r["step"], "reward": r["reward"], "accuracy_reward": r["rewards/accuracy_reward/mean"],
+         "mean_length": r["completions/mean_length"],
          "clipped_ratio": r.get("completions/clipped_ratio")}
         for r in steps
     ]  # fmt: skip
@@ -65,8 +66,10 @@ def main() -> None:
         "steps": summary["steps"],
         "heldout_accuracy_before": before,
         "heldout_accuracy_after": after,
-        "reward_first_fifth": mean(first, "reward"),
-        "reward_last_fifth": mean(last, "reward"),
+        "accuracy_reward_first_fifth": mean(first, "accuracy_reward"),
+        "accuracy_reward_last_fifth": mean(last, "accuracy_reward"),
+        "total_reward_first_fifth": mean(first, "reward"),
+        "total_reward_last_fifth": mean(last, "reward"),
         "mean_length_first_fifth": mean(first, "mean_length"),
         "mean_length_last_fifth": mean(last, "mean_length"),
         "curve": curve,
@@ -78,7 +81,9 @@ def main() -> None:
         ("held-out 2-digit addition, greedy (n=100)", f"{before:.0%} → {after:.0%}"),
         ("training time", f"{report['train_minutes']:.1f} min, {summary['steps']} steps"),
         ("mean accuracy reward (first → last fifth of steps)",
-         f"{report['reward_first_fifth']:.2f} → {report['reward_last_fifth']:.2f}"),
+         f"{report['accuracy_reward_first_fifth']:.2f} → {report['accuracy_reward_last_fifth']:.2f}"),
+        ("weighted total reward (first → last fifth)",
+         f"{report['total_reward_first_fifth']:.2f} → {report['total_reward_last_fifth']:.2f}"),
         ("mean completion length, tokens (first → last fifth)",
          f"{report['mean_length_first_fifth']:.0f} → {report['mean_length_last_fifth']:.0f}"),
     ]  # fmt: skip
@@ -93,8 +98,8 @@ def main() -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     xs = [r["step"] for r in curve]
     window = 5
-    smooth = [mean(curve[max(0, i - window + 1) : i + 1], "reward") for i in range(len(curve))]
-    ax1.plot(xs, [r["reward"] for r in curve], alpha=0.3, label="per step")
+    smooth = [mean(curve[max(0, i - window + 1) : i + 1], "accuracy_reward") for i in range(len(curve))]
+    ax1.plot(xs, [r["accuracy_reward"] for r in curve], alpha=0.3, label="per step")
     ax1.plot(xs, smooth, label=f"mean of last {window}")
     ax1.set_xlabel("step")
     ax1.set_ylabel("accuracy reward (sampled)")
