@@ -1,4 +1,4 @@
-"""`lowtune train|generate|eval|merge|export|models|recipes` — argparse front end; no method logic here."""
+"""`lowtune train|generate|eval|score|merge|export|models|recipes` — argparse front end; no method logic here."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--show", type=int, default=3, help="print this many example replies")
+
+    p = sub.add_parser("score", help="score conversations with a trained reward model")
+    p.add_argument("run", help="reward run directory or its adapter directory")
+    p.add_argument("--prompt", help="user message that each --reply answers")
+    p.add_argument("--reply", action="append", default=[], help="assistant reply to score (repeatable)")
+    p.add_argument("--text", action="append", default=[], help="a whole HH-RLHF transcript, or plain text (repeatable)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     p = sub.add_parser("merge", help="merge a run's adapter into a full-precision base, verified")
     p.add_argument("run", help="run directory (or adapter directory)")
@@ -112,8 +119,29 @@ def cmd_train(args) -> int:
         rows.append(
             (f"{before['task']} accuracy (n={before['n']})", f"{before['accuracy']:.0%} → {after['accuracy']:.0%}")
         )
+    before, after = summary.get("pairwise_before"), summary.get("pairwise_after")
+    if before and after:
+        rows.append(
+            (f"held-out pairwise accuracy (n={after['n']})", f"{before['accuracy']:.1%} → {after['accuracy']:.1%}")
+        )
+    if summary.get("preference_after"):
+        pref = summary["preference_after"]
+        rows.append(
+            (
+                f"held-out implicit-reward accuracy (n={pref['n']})",
+                f"{pref['accuracy']:.1%}, margin {pref['mean_margin']:.3f}",
+            )
+        )
+    if summary.get("skipped_rows"):
+        rows.append(("skipped bad rows", f"{len(summary['skipped_rows'])} (listed in summary.json)"))
     ui.summary_table(f"lowtune {summary['method']}", rows)
-    ui.say(f'adapter saved to {run.adapter}; try: lowtune generate {run.path} --prompt "What is 23 + 58?"')
+    if summary["method"] == "reward":
+        ui.say(
+            f"adapter (LoRA + score head) saved to {run.adapter}; "
+            f'try: lowtune score {run.path} --prompt "..." --reply "..."'
+        )
+    else:
+        ui.say(f'adapter saved to {run.adapter}; try: lowtune generate {run.path} --prompt "What is 23 + 58?"')
     return 0
 
 
@@ -156,6 +184,27 @@ def cmd_eval(args) -> int:
             ("accuracy", f"{result.accuracy:.1%}"),
         ],
     )
+    return 0
+
+
+def cmd_score(args) -> int:
+    from lowtune import ui
+    from lowtune.recipes.reward import RewardModel
+
+    if args.reply and not args.prompt:
+        raise LowtuneError("--reply needs --prompt (the user message it answers)")
+    if args.prompt and not args.reply:
+        raise LowtuneError("--prompt needs at least one --reply to score")
+    if not args.reply and not args.text:
+        raise LowtuneError('nothing to score: give --prompt "..." --reply "..." or --text "..."')
+    texts = [[{"role": "user", "content": args.prompt}, {"role": "assistant", "content": r}] for r in args.reply]
+    shown = list(args.reply)
+    texts += args.text
+    shown += [t.strip().replace("\n", " ") for t in args.text]
+    model = RewardModel.load(args.run, args.device, say=ui.say)
+    values = model.score(texts)
+    rows = [[f"{v:+.3f}", s if len(s) <= 80 else s[:77] + "..."] for v, s in zip(values, shown, strict=True)]
+    ui.table(f"reward scores ({args.run})", ["score", "reply" if args.reply and not args.text else "text"], rows)
     return 0
 
 
@@ -254,6 +303,7 @@ COMMANDS = {
     "train": cmd_train,
     "generate": cmd_generate,
     "eval": cmd_eval,
+    "score": cmd_score,
     "merge": cmd_merge,
     "export": cmd_export,
     "models": cmd_models,

@@ -23,7 +23,12 @@ import yaml
 from lowtune.errors import LowtuneError, did_you_mean
 
 # method -> the TRL config class its `train` section is checked against and passed to.
-TRAIN_CONFIG_CLASSES = {"sft": "trl.SFTConfig", "grpo": "trl.GRPOConfig"}
+TRAIN_CONFIG_CLASSES = {
+    "sft": "trl.SFTConfig",
+    "grpo": "trl.GRPOConfig",
+    "reward": "trl.RewardConfig",
+    "dpo": "trl.DPOConfig",
+}
 
 # The default system prompt of reasoning recipes (GRPO), in the DeepSeek-R1 format.
 REASONING_PROMPT = (
@@ -86,8 +91,9 @@ class DataConfig:
         default="arithmetic",
     )
     format: str = _doc(
-        "auto (detect from columns), messages, prompt_completion, text, prompt_answer, or gsm8k "
-        "(question + answer ending in `#### n`)",
+        "auto (detect from columns), messages, prompt_completion, text, prompt_answer, gsm8k "
+        "(question + answer ending in `#### n`); for reward/dpo: preference (prompt, chosen, rejected), "
+        "preference_implicit (chosen, rejected sharing a prompt) or hh_rlhf (Human:/Assistant: transcripts)",
         default="auto",
     )
     system_prompt: str | None = _doc(
@@ -96,8 +102,18 @@ class DataConfig:
         default="auto",
     )
     subset: str | None = _doc("dataset configuration name for hub datasets", default=None)
+    data_dir: str | None = _doc("folder inside a hub dataset (HH-RLHF: harmless-base, helpful-base, ...)", default=None)
     split: str = _doc("split to train on (hub datasets and directories)", default="train")
     max_rows: int | None = _doc("use at most this many rows (after shuffling with seed)", default=None)
+    heldout: int | float | None = _doc(
+        "reward/dpo: rows held out from the END of a data file for pairwise accuracy, never trained on "
+        "(a count, or a fraction below 1); default 10% up to 500. The arithmetic task uses its held-out problems",
+        default=None,
+    )
+    bad_rows: str = _doc(
+        "error (stop and list every bad row) or skip (drop them, list them, and count them in summary.json)",
+        default="error",
+    )
     seed: int = _doc("seed for the builtin task and row shuffling", default=0)
     n_train: int = _doc("arithmetic: number of training problems", default=2000)
     digits: int = _doc("arithmetic: digits per operand", default=2)
@@ -294,7 +310,18 @@ CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.device": ("auto", "cpu", "cuda"),
     "model.logprob_kernel": ("auto", "lowtune", "trl"),
-    "data.format": ("auto", "messages", "prompt_completion", "text", "prompt_answer", "gsm8k"),
+    "data.format": (
+        "auto",
+        "messages",
+        "prompt_completion",
+        "text",
+        "prompt_answer",
+        "gsm8k",
+        "preference",
+        "preference_implicit",
+        "hh_rlhf",
+    ),
+    "data.bad_rows": ("error", "skip"),
 }
 
 
@@ -313,6 +340,9 @@ def _check_choices(recipe: Recipe, at) -> None:
         value = getattr(getattr(recipe, section), key)
         if value is not None and not 2 <= value <= 4:
             raise LowtuneError(f"{at(dotted)}: {dotted} must be 2..4, got {value}")
+    heldout = recipe.data.heldout
+    if heldout is not None and (heldout < 0 or (isinstance(heldout, float) and heldout >= 1)):
+        raise LowtuneError(f"{at('data.heldout')}: data.heldout is a row count or a fraction in [0, 1), got {heldout}")
     if not 1 <= recipe.data.digits <= 6:
         raise LowtuneError(f"{at('data.digits')}: data.digits must be 1..6, got {recipe.data.digits}")
     for dotted in ("data.operations", "eval.operations"):

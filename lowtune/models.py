@@ -85,12 +85,14 @@ def end_of_turn_token(tokenizer) -> str:
     return tokenizer.eos_token
 
 
-def load(model_cfg: ModelConfig, lora_cfg: LoraConfig | None = None, say=None):
+def load(model_cfg: ModelConfig, lora_cfg: LoraConfig | None = None, say=None, head: str = "lm"):
     """Load base + tokenizer per `model_cfg`, and wrap it with a fresh trainable LoRA adapter.
 
     Returns (model, tokenizer). With `lora_cfg=None` the base is returned without adapters.
+    `head="score"` loads the base as a sequence classifier with one output (a reward model): a new
+    linear score head on the last token, trained in full and saved inside the adapter.
     """
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
 
     device = resolve_device(model_cfg)
     dtype = resolve_dtype(model_cfg, device)
@@ -112,25 +114,37 @@ def load(model_cfg: ModelConfig, lora_cfg: LoraConfig | None = None, say=None):
         )
     elif quantization == "int8":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    if head == "score":
+        kwargs["num_labels"] = 1
+    auto = AutoModelForSequenceClassification if head == "score" else AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, device_map={"": device}, **kwargs)
+        model = auto.from_pretrained(path, device_map={"": device}, **kwargs)
     except OSError as e:
         raise LowtuneError(f"could not load model {model_cfg.name!r}: {str(e).splitlines()[0]}") from None
     model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
     if lora_cfg is None:
         return model, tokenizer
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
-    if quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
-    model = get_peft_model(model, peft_config(lora_cfg))
+    model = prepare_quantized(model, model_cfg)
+    model = get_peft_model(model, peft_config(lora_cfg, "SEQ_CLS" if head == "score" else "CAUSAL_LM"))
     return model, tokenizer
 
 
+def prepare_quantized(model, model_cfg: ModelConfig):
+    """Ready a 4-/8-bit base for adapter training (PEFT's k-bit preparation); other models pass through."""
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
+    return model
+
+
 def peft_config(lora_cfg: LoraConfig, task_type: str = "CAUSAL_LM"):
+    """PEFT's LoraConfig. For SEQ_CLS, PEFT trains and saves the `score` head in full (modules_to_save)."""
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(

@@ -15,7 +15,7 @@ console = Console(highlight=False)
 
 def say(message: str) -> None:
     """A one-line status message (model fetch, conversion, where files went)."""
-    console.print(f"[dim]lowtune:[/] {message}")
+    console.print(f"[dim]lowtune:[/] {message}", soft_wrap=True)
 
 
 def error(message: str) -> None:

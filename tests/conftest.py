@@ -1,4 +1,6 @@
+import json
 import os
+import random
 import warnings
 
 import pytest
@@ -41,3 +43,29 @@ def tiny_recipe(tmp_path):
             "output.quiet=true",
         ],
     )
+
+
+WORDS = ["apple", "river", "stone", "cloud", "green", "seven", "table", "light", "music", "paper"]
+
+
+def write_separable_pairs(path, n, seed=0):
+    """Chosen replies are polite, rejected ones rude; prompts and filler words vary."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        topic = " ".join(rng.sample(WORDS, 3))
+        rows.append(
+            {
+                "prompt": f"tell me about {topic}",
+                "chosen": f"thank you, happy to help with {rng.choice(WORDS)}",
+                "rejected": f"no. go away {rng.choice(WORDS)}",
+            }
+        )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(name="separable_pairs")
+def separable_pairs_fixture():
+    """write_separable_pairs(path, n): a preference file any reward model or DPO can learn."""
+    return write_separable_pairs

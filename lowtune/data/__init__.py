@@ -66,7 +66,7 @@ def load(cfg: DataConfig, kind: str = "sft", system_prompt: str | None = None):
             f"{cfg.source}: {fmt} data cannot train this method; it needs one of {', '.join(KINDS[kind])}"
         )
     build = _sft_record if kind == "sft" else _prompt_record
-    records = validate(rows, fmt, build)
+    records, _ = validate(rows, fmt, build, cfg.bad_rows)
     if system_prompt:
         for r in records:
             if isinstance(r.get("prompt"), list) and r["prompt"][0]["role"] != "system":
@@ -83,22 +83,37 @@ def read_rows(cfg: DataConfig) -> Iterator[tuple[str, dict[str, Any]]]:
         return
     path = Path(cfg.source).expanduser()
     if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix in READERS and cfg.split in f.stem)
+        files = sorted(f for f in path.iterdir() if _suffix(f) in READERS and cfg.split in f.name)
         if not files:
             raise LowtuneError(f"{path}: no {cfg.split} file (.jsonl/.json/.csv/.parquet) in this directory")
         for f in files:
-            yield from READERS[f.suffix](f)
+            yield from READERS[_suffix(f)](f)
         return
-    if path.suffix in READERS and path.exists():
-        yield from READERS[path.suffix](path)
+    if _suffix(path) in READERS and path.exists():
+        yield from READERS[_suffix(path)](path)
         return
-    if path.suffix in READERS or path.exists() or cfg.source.startswith((".", "/", "~")):
-        raise LowtuneError(f"data file {cfg.source} not found (formats: .jsonl, .json, .csv, .parquet)")
+    if _suffix(path) in READERS or path.exists() or cfg.source.startswith((".", "/", "~")):
+        raise LowtuneError(
+            f"data file {cfg.source} not found (formats: .jsonl, .json, .csv, each optionally .gz, and .parquet)"
+        )
     yield from _read_hub(cfg)
 
 
+def _suffix(path: Path) -> str:
+    """The format suffix, looking through a .gz: data.jsonl.gz -> .jsonl."""
+    return Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
+
+
+def _open(path: Path, **kwargs):
+    if path.suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rt", encoding="utf-8", **kwargs)
+    return path.open(encoding="utf-8", **kwargs)
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    with path.open(encoding="utf-8") as f:
+    with _open(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -113,7 +128,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
 
 def _read_json(path: Path) -> Iterator[tuple[str, dict]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with _open(path) as f:
+            data = json.loads(f.read())
     except json.JSONDecodeError as e:
         raise LowtuneError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -127,7 +143,7 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:
-    with path.open(encoding="utf-8", newline="") as f:
+    with _open(path, newline="") as f:
         reader = csv.DictReader(f)
         for row in reader:
             yield f"{path}:{reader.line_num}", dict(row)
@@ -147,7 +163,7 @@ def _read_hub(cfg: DataConfig) -> Iterator[tuple[str, dict]]:
     from datasets import load_dataset
 
     try:
-        ds = load_dataset(cfg.source, cfg.subset, split=cfg.split)
+        ds = load_dataset(cfg.source, cfg.subset, data_dir=cfg.data_dir, split=cfg.split)
     except Exception as e:  # network, missing dataset, bad split: all user-fixable
         raise LowtuneError(
             f"could not load dataset {cfg.source!r} (split {cfg.split}) from the hub: "
@@ -167,21 +183,34 @@ def detect_format(row: dict, where: str) -> str:
     )
 
 
-def validate(rows: list[tuple[str, dict]], fmt: str, build) -> list[dict]:
-    """Check every row and convert it with `build`; raise listing all bad rows."""
+def validate(rows: list[tuple[str, dict]], fmt: str, build, bad_rows: str = "error") -> tuple[list[dict], list[str]]:
+    """Check every row and convert it with `build`; returns (records, skipped rows as `where: problem`).
+
+    With bad_rows="error" any bad row raises, listing all of them; with "skip" they are dropped and
+    reported on the console (and returned, for summary.json), never silently.
+    """
     records, problems = [], []
     for where, row in rows:
         try:
             records.append(build(row, fmt))
         except _RowError as e:
             problems.append(f"{where}: {e}")
-    if problems:
-        shown = "\n  ".join(problems[:MAX_REPORTED])
-        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
-        raise LowtuneError(
-            f"{len(problems)} bad row(s) in the {fmt} data; nothing was trained. Fix them and rerun:\n  {shown}{more}"
+    if not problems:
+        return records, []
+    shown = "\n  ".join(problems[:MAX_REPORTED])
+    more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+    if bad_rows == "skip" and records:
+        from lowtune import ui
+
+        ui.say(
+            f"skipped {len(problems)} bad row(s) of {len(rows)} in the {fmt} data "
+            f"(data.bad_rows=skip):\n  {shown}{more}"
         )
-    return records
+        return records, problems
+    raise LowtuneError(
+        f"{len(problems)} bad row(s) in the {fmt} data; nothing was trained. Fix them "
+        f"(or set data.bad_rows=skip to drop them) and rerun:\n  {shown}{more}"
+    )
 
 
 class _RowError(Exception):
@@ -262,3 +291,8 @@ def _messages(row: dict, field: str = "messages", last_assistant: bool = True) -
         if len(messages) < 2:
             raise _RowError(f"field '{field}' needs at least one turn before the assistant reply")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+from lowtune.data.preference import Pairs, load_pairs  # noqa: E402  (it builds on the readers above)
+
+__all__ = ["Pairs", "load", "load_pairs", "read_rows", "validate"]

@@ -101,3 +101,37 @@ def train(
     operations = sorted(operations or ["+"])
     exclude = set(heldout(_heldout_size(digits, operations, operands), digits, operations, operands))
     return _unique(random.Random(seed), n, digits, operations, operands, exclude)
+
+
+def wrong_answer(problem: Problem, rng: random.Random) -> int:
+    """A plausible wrong answer to `problem`, the rejected reply of a synthetic preference pair.
+
+    Drawn from the mistakes people make: a dropped or extra carry (off by a power of ten), two
+    adjacent digits swapped, off by one, or a + read as - or the reverse. Never the answer.
+    """
+    answer = problem.answer
+    candidates = {answer + 10**k * s for k in range(1, max(len(str(abs(answer))), 2)) for s in (-1, 1)}
+    candidates |= {answer - 1, answer + 1}
+    digits = str(abs(answer))
+    for i in range(len(digits) - 1):
+        if digits[i] != digits[i + 1] and not (i == 0 and digits[i + 1] == "0"):
+            swapped = digits[:i] + digits[i + 1] + digits[i] + digits[i + 2 :]
+            candidates.add(int(swapped) * (-1 if answer < 0 else 1))
+    for i, op in enumerate(problem.ops):
+        if op in "+-":
+            ops = problem.ops[:i] + ("-" if op == "+" else "+",) + problem.ops[i + 1 :]
+            candidates.add(Problem(problem.terms, ops).answer)
+    candidates.discard(answer)
+    if answer >= 0:  # a negative result for a problem with a positive answer is not plausible
+        candidates = {c for c in candidates if c >= 0}
+    return rng.choice(sorted(candidates))
+
+
+def preference_pair(problem: Problem, rng: random.Random) -> dict:
+    """{"prompt", "chosen", "rejected"} messages: the correct worked answer against a plausible wrong one."""
+    wrong = wrong_answer(problem, rng)
+    return {
+        "prompt": [{"role": "user", "content": problem.question}],
+        "chosen": [{"role": "assistant", "content": problem.solution}],
+        "rejected": [{"role": "assistant", "content": f"{problem.expression} = {wrong}"}],
+    }

@@ -20,7 +20,12 @@ from lowtune.config import Recipe, train_config_class
 from lowtune.errors import LowtuneError, did_you_mean
 from lowtune.runs import RunDir, peak_memory_mb
 
-METHODS = {"sft": "lowtune.recipes.sft", "grpo": "lowtune.recipes.grpo"}
+METHODS = {
+    "sft": "lowtune.recipes.sft",
+    "grpo": "lowtune.recipes.grpo",
+    "reward": "lowtune.recipes.reward",
+    "dpo": "lowtune.recipes.dpo",
+}
 SHIPPED = [
     Path(__file__).resolve().parent.parent / "shipped_recipes",  # inside an installed wheel
     Path(__file__).resolve().parent.parent.parent / "recipes",  # a source checkout

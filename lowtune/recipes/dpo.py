@@ -1,0 +1,90 @@
+"""Direct preference optimization: TRL's DPOTrainer on a (4-bit) base + LoRA.
+
+DPO (Rafailov et al. 2023) trains the policy directly on pairs: the loss raises
+beta * [(log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))]. The
+reference is the base with the adapter switched off, inside the same model: lowtune hands TRL
+the bare base plus a LoRA config, so no second copy of the weights exists. TRL's loss variants
+pass through `train.loss_type` (sigmoid, ipo, hinge, ..., or a list mixed by `train.loss_weights`;
+`[sigmoid, sft]` adds the chosen reply's NLL, RPO-style, Pang et al. 2024), and
+`train.precompute_ref_log_probs: true` scores the reference once before training. Per-token
+log-probs come from TRL's chunked LM head (its metrics need mean logits and top-1 flags, which
+lowtune's kernel does not compute).
+
+Evaluation: implicit-reward preference accuracy on held-out pairs (the policy/reference log-ratio
+of the chosen reply above the rejected one's), and greedy accuracy on the held-out task
+(`eval.task`) before and after.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lowtune import data, models, ui
+from lowtune.config import Recipe
+from lowtune.errors import LowtuneError
+from lowtune.recipes import fit, heldout_accuracy, trl_args
+from lowtune.runs import RunDir
+
+# TRL's lr 1e-6 is sized for full fine-tuning; a LoRA adapter starting at zero takes larger steps.
+TRAIN_DEFAULTS = dict(learning_rate=5e-5, beta=0.1, max_length=512, per_device_eval_batch_size=16)
+
+
+def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
+    if recipe.model.logprob_kernel == "lowtune":
+        raise LowtuneError(
+            "model.logprob_kernel=lowtune: DPO's metrics need mean logits and top-1 flags, which lowtune's "
+            "kernel does not compute; DPO uses TRL's chunked log-probs (set auto or trl)"
+        )
+    base, tokenizer = models.load(recipe.model, say=ui.say)
+    base = models.prepare_quantized(base, recipe.model)
+    pairs = data.load_pairs(recipe.data, recipe.system_prompt())
+    ui.say(f"{len(pairs.train)} training pairs, {len(pairs.heldout or [])} held-out pairs ({pairs.format})")
+
+    before = heldout_accuracy(base, tokenizer, recipe)
+    trainer = make_trainer(recipe, run_dir, base, tokenizer, pairs)
+    args = trainer.args
+    summary = fit(trainer, run_dir, recipe)
+    preference = implicit_reward_accuracy(trainer) if pairs.heldout is not None else None
+
+    after = heldout_accuracy(trainer.model, tokenizer, recipe)
+    return {
+        "method": "dpo",
+        "model": recipe.model.name,
+        "rows": len(pairs.train),
+        "data_format": pairs.format,
+        "skipped_rows": pairs.skipped,
+        "loss_type": list(args.loss_type),
+        "beta": args.beta,
+        "logprob_kernel": "trl",
+        **summary,
+        "preference_after": preference,
+        "eval_before": before,
+        "eval_after": after,
+    }
+
+
+def make_trainer(recipe: Recipe, run_dir: RunDir, base, tokenizer, pairs: data.Pairs):
+    """TRL's DPOTrainer on the bare base + a LoRA config: TRL wraps the base once and takes the
+    reference by switching the adapter off (no `ref` adapter copy, no second model)."""
+    from trl import DPOTrainer
+
+    return DPOTrainer(
+        model=base,
+        args=trl_args(recipe, run_dir),
+        train_dataset=pairs.train,
+        eval_dataset=pairs.heldout,
+        processing_class=tokenizer,
+        peft_config=models.peft_config(recipe.lora),
+    )
+
+
+def implicit_reward_accuracy(trainer) -> dict[str, Any]:
+    """Held-out pairs where beta * log(pi/ref) of the chosen reply beats the rejected one's (TRL's eval metrics)."""
+    metrics = trainer.evaluate()
+    return {
+        "n": len(trainer.eval_dataset),
+        "accuracy": metrics["eval_rewards/accuracies"],
+        "mean_margin": metrics["eval_rewards/margins"],
+        "chosen_reward": metrics["eval_rewards/chosen"],
+        "rejected_reward": metrics["eval_rewards/rejected"],
+    }
