@@ -65,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("recipes", help="list shipped recipes, or explain recipe fields")
     p.add_argument("--explain", metavar="METHOD", help="print every recipe field for METHOD with its doc")
 
-    args = parser.parse_args(argv)
+    # Overrides may come after options too (`lowtune train sft --quiet train.max_steps=5`).
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.overrides += [e for e in extra if not e.startswith("-")]
+        extra = [e for e in extra if e.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _quiet_libraries()
     from lowtune import ui
 

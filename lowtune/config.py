@@ -480,5 +480,7 @@ _TRAIN_HIGHLIGHTS = (
     "max_length",
     "packing",
     "completion_only_loss",
+    "loss_type",
+    "precompute_ref_log_probs",
     "seed",
 )

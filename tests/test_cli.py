@@ -10,13 +10,13 @@ def test_train_generate_eval_on_tiny_random(tmp_path, capsys):
         [
             "train",
             "sft",
+            "--quiet",  # overrides may follow options
             "model.name=tiny-random",
             "data.n_train=32",
             "train.max_steps=2",
             "eval.n=3",
             "eval.max_new_tokens=3",
             f"output.dir={runs}",
-            "--quiet",
         ]
     )
     out = capsys.readouterr().out
@@ -52,6 +52,20 @@ def test_models_and_recipes_listings(capsys, tiny_path):
     out = capsys.readouterr().out
     assert "smollm2-135m-instruct" in out and "tiny-random" in out and "yes" in out
     assert main(["recipes"]) == 0
-    assert "gpu/sft-qwen2.5-1.5b" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "gpu/sft-qwen2.5-1.5b" in out and "reward" in out and "dpo" in out
     assert main(["recipes", "--explain", "sft"]) == 0
     assert "train.learning_rate" in capsys.readouterr().out
+    assert main(["recipes", "--explain", "dpo"]) == 0
+    out = capsys.readouterr().out
+    assert "train.beta" in out and "5e-05 (lowtune)" in out and "data.heldout" in out
+    assert main(["recipes", "--explain", "reward"]) == 0
+    assert "data.bad_rows" in capsys.readouterr().out
+
+
+def test_unrecognized_options_are_still_refused(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["train", "sft", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -68,9 +68,14 @@ def make_trainer(recipe: Recipe, run_dir: RunDir, base, tokenizer, pairs: data.P
     reference by switching the adapter off (no `ref` adapter copy, no second model)."""
     from trl import DPOTrainer
 
+    args = trl_args(recipe, run_dir)
+    if pairs.heldout is not None:
+        # TRL reports eval metrics as the mean of per-batch means: equal batches make it the exact mean.
+        n, size = len(pairs.heldout), args.per_device_eval_batch_size
+        args.per_device_eval_batch_size = max(d for d in range(1, min(n, size) + 1) if n % d == 0)
     return DPOTrainer(
         model=base,
-        args=trl_args(recipe, run_dir),
+        args=args,
         train_dataset=pairs.train,
         eval_dataset=pairs.heldout,
         processing_class=tokenizer,
