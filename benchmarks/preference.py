@@ -103,6 +103,7 @@ def reward_report(report: dict, summary: dict, logs: list[dict]) -> list[tuple[s
     rejected = rm.score([r["prompt"] + r["rejected"] for r in heldout])
     wins = [c > r for c, r in zip(chosen, rejected, strict=True)]
     against = [w for w, (lc, lr) in zip(wins, lengths, strict=True) if lc >= lr]
+    along = [w for w, (lc, lr) in zip(wins, lengths, strict=True) if lc < lr]
     before, after = summary["pairwise_before"], summary["pairwise_after"]
     report.update(
         heldout_pairs=after["n"],
@@ -113,14 +114,15 @@ def reward_report(report: dict, summary: dict, logs: list[dict]) -> list[tuple[s
         longer_reply_wins=longer,
         pairs_where_shorter_loses=len(against),
         accuracy_where_shorter_loses=sum(against) / max(len(against), 1),
+        accuracy_where_shorter_wins=sum(along) / max(len(along), 1),
         skipped_rows=len(summary["skipped_rows"]),
         truncated_sequences=summary["truncated_sequences"],
     )
     return [
         (f"held-out pairwise accuracy (n={after['n']})", f"{before['accuracy']:.1%} → {after['accuracy']:.1%}"),
         ("the same pairs, shorter reply wins / longer wins", f"{shorter:.1%} / {longer:.1%}"),
-        (f"reward model where the chosen reply is not the shorter (n={len(against)})",
-         f"{report['accuracy_where_shorter_loses']:.1%}"),
+        (f"reward model where the chosen reply is the shorter (n={len(along)}) / is not (n={len(against)})",
+         f"{report['accuracy_where_shorter_wins']:.1%} / {report['accuracy_where_shorter_loses']:.1%}"),
         ("training", f"{summary['rows']} pairs, 1 epoch, {summary['steps']} steps, {report['train_minutes']:.1f} min"),
         ("malformed pairs skipped / sequences cut to max_length",
          f"{len(summary['skipped_rows'])} / {summary['truncated_sequences']}"),

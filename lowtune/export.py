@@ -114,6 +114,12 @@ def merge(
     if out.exists():
         raise LowtuneError(f"{out} already exists; choose another --out or remove it")
 
+    task = json.loads((adapter / "adapter_config.json").read_text()).get("task_type")
+    if task not in (None, "CAUSAL_LM"):
+        raise LowtuneError(
+            f"{adapter} is a {task} adapter (a reward model); merge and export take language-model adapters. "
+            "Use it as it is: RewardModel.load / `lowtune score`, or PeftModel on AutoModelForSequenceClassification"
+        )
     recipe = models.run_recipe(adapter)
     base_name = recipe.model.name if recipe else models.adapter_base(adapter)
     summary = adapter.parent / "summary.json"

@@ -177,6 +177,9 @@ def load_for_inference(model_or_run: str, device: str = "auto", say=None):
         model, tokenizer = load(cfg)
         return model.eval(), tokenizer, model_or_run
 
+    task = json.loads((adapter_dir / "adapter_config.json").read_text()).get("task_type")
+    if task == "SEQ_CLS":
+        raise LowtuneError(f"{adapter_dir} is a reward model; it scores text (`lowtune score`), it does not generate")
     recipe = run_recipe(adapter_dir)
     base_name = recipe.model.name if recipe else adapter_base(adapter_dir)
     cfg = recipe.model if recipe else ModelConfig(name=base_name)

@@ -143,3 +143,12 @@ def test_reward_on_nf4_base(tmp_path, separable_pairs):
     run, summary = recipes.train(recipe)
     assert summary["quantization"] == "nf4" and summary["steps"] == 2
     assert (run.adapter / "adapter_model.safetensors").is_file()
+
+
+def test_merge_refuses_a_reward_adapter_clearly(reward_run, tmp_path, capsys):
+    run, _ = reward_run
+    assert main(["merge", str(run.path), "--out", str(tmp_path / "merged")]) == 2
+    assert "is a SEQ_CLS adapter (a reward model)" in capsys.readouterr().out
+    assert not (tmp_path / "merged").exists()
+    assert main(["generate", str(run.path), "--prompt", "hi"]) == 2
+    assert "is a reward model; it scores text" in capsys.readouterr().out
