@@ -75,7 +75,10 @@ def ensure(name: str, say=None) -> Path:
     build = {"smollm2-135m-instruct": _build_smollm2, "tiny-random": _build_tiny_random}[name]
     path.parent.mkdir(parents=True, exist_ok=True)
     # Build in a temporary sibling and rename, so an interrupted build never looks cached.
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{name}-") as tmp:
+    import torch
+
+    # fork_rng: building draws random numbers; the caller's seeded RNG (LoRA init) must not notice.
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{name}-") as tmp, torch.random.fork_rng():
         build(Path(tmp) / "model", say or (lambda msg: None))
         os.replace(Path(tmp) / "model", path)
     return path

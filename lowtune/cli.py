@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from lowtune.errors import LowtuneError
 
@@ -14,9 +15,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run a recipe: lowtune train RECIPE [section.field=value ...]")
-    p.add_argument("recipe", help="a recipe YAML file or a shipped recipe name (`lowtune recipes`)")
+    p.add_argument("recipe", nargs="?", help="a recipe YAML file or a shipped recipe name (`lowtune recipes`)")
     p.add_argument("overrides", nargs="*", help="overrides such as train.max_steps=50 model.name=tiny-random")
     p.add_argument("--quiet", action="store_true", help="no progress bar (CI logs)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="RUN_DIR",
+        help="continue a run from its last checkpoint (default: the recipe's newest run)",
+    )
 
     p = sub.add_parser("generate", help="chat with a model or a run's adapter")
     p.add_argument("model", help="run directory, adapter directory, builtin name, local model or hub id")
@@ -79,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except LowtuneError as e:
         ui.error(str(e))
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         ui.error("interrupted")
         return 130
@@ -102,11 +110,26 @@ def cmd_train(args) -> int:
     from lowtune import recipes, ui
     from lowtune.config import load_recipe
 
-    path = recipes.find_recipe(args.recipe)
-    recipe = load_recipe(path, args.overrides)
+    overrides = list(args.overrides)
+    if args.recipe and "=" in args.recipe:  # `lowtune train --resume RUN a.b=c`: no recipe name given
+        overrides.insert(0, args.recipe)
+        args.recipe = None
+    if args.resume and "=" in args.resume and not Path(args.resume).exists():  # `--resume a.b=c`: an override
+        overrides.insert(0, args.resume)
+        args.resume = "latest"
+    if args.resume and args.resume != "latest":
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise LowtuneError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        recipe = load_recipe(run_dir / "config.yaml", overrides)  # the run's own recipe, as it started
+    elif args.recipe:
+        recipe = load_recipe(recipes.find_recipe(args.recipe), overrides)
+        run_dir = recipes.latest_run(recipe) if args.resume else None
+    else:
+        raise LowtuneError("lowtune train needs a recipe (e.g. `lowtune train sft`) or --resume RUN_DIR")
     if args.quiet:
         recipe.output.quiet = True
-    run, summary = recipes.train(recipe)
+    run, summary = recipes.train(recipe, resume=run_dir)
     rows = [
         ("run", str(run.path)),
         ("model", summary["model"]),

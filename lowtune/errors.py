@@ -9,8 +9,18 @@ from collections.abc import Iterable
 class LowtuneError(Exception):
     """A user-facing error: the message says what was wrong, where, and what to do.
 
-    The CLI prints it on one line, in red, and exits non-zero without a traceback.
+    The CLI prints it on one line, in red, and exits with `exit_code` without a traceback.
     """
+
+    exit_code = 2
+
+
+class TrainingStopped(LowtuneError):
+    """Training stopped early (a signal, or a non-finite loss); the message says what was kept."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

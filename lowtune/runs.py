@@ -15,6 +15,7 @@ import yaml
 from transformers import TrainerCallback
 
 from lowtune.config import Recipe
+from lowtune.errors import LowtuneError
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -32,6 +33,27 @@ class RunDir:
         self.checkpoints = path / "checkpoints"
         self.metrics = path / "metrics.jsonl"
         self.summary = path / "summary.json"
+        self.resume_from: str | None = None  # a checkpoint directory when the run continues
+
+    def last_checkpoint(self) -> Path | None:
+        """The checkpoint with the highest step that the trainer finished writing (it has trainer_state.json)."""
+        done = [p for p in self.checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+        return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+    @classmethod
+    def reopen(cls, path: Path) -> RunDir:
+        """An existing run, set to continue from its last checkpoint; metrics logged after it are dropped."""
+        run = cls(path)
+        last = run.last_checkpoint()
+        if last is None:
+            raise LowtuneError(f"--resume {path}: no finished checkpoint in {run.checkpoints}; start a new run")
+        run.resume_from = str(last)
+        step = int(last.name.split("-")[-1])
+        if run.metrics.is_file():  # those steps run again
+            kept = [line for line in run.metrics.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+            _write_atomic(run.metrics, "".join(line + "\n" for line in kept))
+        run.summary.unlink(missing_ok=True)
+        return run
 
     @classmethod
     def create(cls, recipe: Recipe) -> RunDir:

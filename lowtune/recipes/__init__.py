@@ -17,7 +17,8 @@ import torch
 
 from lowtune import evaluate, models, ui
 from lowtune.config import Recipe, train_config_class
-from lowtune.errors import LowtuneError, did_you_mean
+from lowtune.errors import LowtuneError, TrainingStopped, did_you_mean
+from lowtune.guard import Guard
 from lowtune.runs import RunDir, peak_memory_mb
 
 METHODS = {
@@ -52,21 +53,39 @@ def find_recipe(name_or_path: str) -> Path:
     )
 
 
-def train(recipe: Recipe) -> tuple[RunDir, dict[str, Any]]:
-    """Create the run directory, run the method, write summary.json; returns (run, summary)."""
+def train(recipe: Recipe, resume: Path | None = None) -> tuple[RunDir, dict[str, Any]]:
+    """Create the run directory (or reopen `resume` at its last checkpoint), run the method, write
+    summary.json; returns (run, summary)."""
+    from transformers import set_seed
+
     module = importlib.import_module(METHODS[recipe.method])
-    run = RunDir.create(recipe)
-    ui.say(f"run directory {run.path}")
+    set_seed(recipe.data.seed)  # the LoRA init too: the same recipe gives the same run
+    if resume is None:
+        run = RunDir.create(recipe)
+        ui.say(f"run directory {run.path}")
+    else:
+        run = RunDir.reopen(Path(resume))
+        ui.say(f"resuming {run.path} from {run.resume_from}")
     try:
         summary = module.run(recipe, run)
     except LowtuneError:
         # A mistake found before any checkpoint exists (bad data, missing model) leaves no
         # half-made run directory behind; once training has saved something, keep everything.
-        if not run.checkpoints.exists() and not run.adapter.exists():
+        if resume is None and not run.last_checkpoint() and not run.adapter.exists():
             shutil.rmtree(run.path, ignore_errors=True)
         raise
     run.write_summary(summary)
     return run, summary
+
+
+def latest_run(recipe: Recipe) -> Path:
+    """The newest run directory of this recipe's name (name, name-2, ...) that has a checkpoint."""
+    parent, name = Path(recipe.output.dir), recipe.output.name or recipe.method
+    candidates = [p for p in parent.glob(f"{name}*") if p.name == name or p.name.removeprefix(name + "-").isdigit()]
+    candidates = [p for p in candidates if RunDir(p).last_checkpoint()]
+    if not candidates:
+        raise LowtuneError(f"--resume: no run of {name} under {parent} has a checkpoint to resume from")
+    return max(candidates, key=lambda p: int(p.name.removeprefix(name + "-")) if p.name != name else 1)
 
 
 # lowtune's defaults for every TRL trainer (the recipe's `train` section overrides them).
@@ -78,6 +97,7 @@ TRAIN_DEFAULTS = dict(
     save_steps=50,
     save_total_limit=2,
     include_num_input_tokens_seen="non_padding",
+    logging_nan_inf_filter=False,  # a NaN loss must show, and stop the run (lowtune.guard)
 )
 
 
@@ -109,12 +129,27 @@ def fit(trainer, run: RunDir, recipe: Recipe) -> dict[str, Any]:
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar shows them
     trainer.add_callback(ui.ProgressCallback(quiet=recipe.output.quiet))
     trainer.add_callback(run.callback())
+    guard = Guard()
+    trainer.add_callback(guard)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    trainer.train()
+    with guard.signals():
+        trainer.train(resume_from_checkpoint=run.resume_from)
     seconds = time.perf_counter() - start
     state = trainer.state
+    last = run.last_checkpoint()
+    kept = f"the last checkpoint is {last}" if last else "no checkpoint was saved yet"
+    if guard.bad:
+        raise TrainingStopped(
+            f"stopped: {guard.bad}; {kept} (nothing after it was saved). Lower train.learning_rate, "
+            f"set train.max_grad_norm, or check the data; continue with `lowtune train --resume {run.path}`"
+        )
+    if guard.signal:
+        raise TrainingStopped(
+            f"{guard.signal} at step {state.global_step}: {kept}; continue with `lowtune train --resume {run.path}`",
+            exit_code=130 if guard.signal == "SIGINT" else 143,
+        )
     losses = [h["loss"] for h in state.log_history if "loss" in h]
     trainer.save_model(str(run.adapter))  # PEFT adapter + tokenizer, loadable without lowtune
     return {

@@ -1,0 +1,140 @@
+"""Killed or stopped runs resume to the same adapter; a NaN stops a run and keeps the last good checkpoint."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lowtune import recipes
+from lowtune.config import load_recipe
+from lowtune.errors import TrainingStopped
+
+OVERRIDES = [
+    "model.name=tiny-random",
+    "data.n_train=96",
+    "train.max_steps=10",
+    "train.per_device_train_batch_size=4",
+    "train.save_steps=4",
+    "train.logging_steps=1",
+    "train.learning_rate=1e-3",
+    "eval.task=null",
+    "output.quiet=true",
+]
+
+# Runs lowtune's CLI in a child process that sends itself SIGNAL at the end of step STEP.
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from transformers import TrainerCallback
+    import lowtune.recipes as recipes
+    from lowtune.cli import main
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == {step}:
+                os.kill(os.getpid(), signal.{signal})
+
+    fit = recipes.fit
+    def fit_with_stop(trainer, run, recipe):
+        trainer.add_callback(Stop())
+        return fit(trainer, run, recipe)
+    recipes.fit = fit_with_stop
+    import lowtune.recipes.sft as sft
+    sft.fit = fit_with_stop
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def lowtune(*argv, stop_at=None, signal="SIGKILL"):
+    code = ["-m", "lowtune"] if stop_at is None else ["-c", CHILD.format(step=stop_at, signal=signal)]
+    return subprocess.run([sys.executable, *code, *argv], capture_output=True, text=True, timeout=600)
+
+
+def adapter(run_dir):
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("whole") / "runs"
+    done = lowtune("train", "sft", *OVERRIDES, f"output.dir={runs}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return runs / "sft"
+
+
+@pytest.mark.parametrize("signal, code", [("SIGKILL", -9), ("SIGTERM", 143)])
+def test_stopped_run_resumes_to_the_same_adapter(tmp_path, uninterrupted, signal, code):
+    runs = tmp_path / "runs"
+    stopped = lowtune("train", "sft", *OVERRIDES, f"output.dir={runs}", stop_at=6, signal=signal)
+    assert stopped.returncode == code, stopped.stdout + stopped.stderr
+    run = runs / "sft"
+    assert not (run / "adapter").exists() and not (run / "summary.json").exists()
+    checkpoints = sorted((p.name for p in (run / "checkpoints").glob("checkpoint-*")), key=lambda n: int(n[11:]))
+    if signal == "SIGTERM":  # a checkpoint at the step it arrived, and the exact resume command
+        assert "checkpoint-6" in checkpoints
+        assert "SIGTERM at step 6" in stopped.stdout and f"lowtune train --resume {run}" in stopped.stdout
+    else:  # killed outright: the last scheduled checkpoint survives
+        assert checkpoints[-1] == "checkpoint-4"
+
+    resumed = lowtune("train", "--resume", str(run), "--quiet")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming" in resumed.stdout
+    ours, whole = adapter(run), adapter(uninterrupted)
+    assert ours.keys() == whole.keys()
+    for key in whole:
+        torch.testing.assert_close(ours[key], whole[key], rtol=1e-4, atol=1e-6)
+    logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs if "loss" in r] == list(range(1, 11))  # each step's loss once, in order
+    assert json.loads((run / "summary.json").read_text())["steps"] == 10
+
+
+def test_resume_latest_run_by_recipe_name(tmp_path):
+    runs = tmp_path / "runs"
+    stopped = lowtune("train", "sft", *OVERRIDES, f"output.dir={runs}", stop_at=5, signal="SIGTERM")
+    assert stopped.returncode == 143
+    resumed = lowtune("train", "sft", "--resume", *OVERRIDES, f"output.dir={runs}")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert (runs / "sft" / "summary.json").is_file() and not (runs / "sft-2").exists()
+
+
+def test_resume_errors(tmp_path):
+    done = lowtune("train", "--resume", str(tmp_path))
+    assert done.returncode == 2 and "not a run directory" in done.stdout
+    done = lowtune("train", "sft", "--resume", f"output.dir={tmp_path}")
+    assert done.returncode == 2 and "has a checkpoint to resume from" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from trl import SFTTrainer
+
+    compute_loss = SFTTrainer.compute_loss
+
+    def poisoned(self, model, inputs, *args, **kwargs):
+        loss = compute_loss(self, model, inputs, *args, **kwargs)
+        if self.state.global_step >= 5:  # from step 6 on
+            loss = loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", poisoned)
+    recipe = load_recipe(None, [*OVERRIDES, f"output.dir={tmp_path / 'runs'}"])
+    with pytest.raises(TrainingStopped) as e:
+        recipes.train(recipe)
+    run = tmp_path / "runs" / "sft"
+    assert "not finite after step 6" in str(e.value) or "loss is nan at step 6" in str(e.value)
+    assert f"the last checkpoint is {run / 'checkpoints' / 'checkpoint-4'}" in str(e.value)
+    assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*")) == ["checkpoint-4"]
+    base = AutoModelForCausalLM.from_pretrained(
+        json.loads((run / "checkpoints" / "checkpoint-4" / "adapter_config.json").read_text())[
+            "base_model_name_or_path"
+        ]
+    )
+    model = PeftModel.from_pretrained(base, str(run / "checkpoints" / "checkpoint-4"))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
