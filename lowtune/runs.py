@@ -36,8 +36,16 @@ class RunDir:
         self.resume_from: str | None = None  # a checkpoint directory when the run continues
 
     def last_checkpoint(self) -> Path | None:
-        """The checkpoint with the highest step that the trainer finished writing (it has trainer_state.json)."""
-        done = [p for p in self.checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+        """The newest checkpoint the trainer finished writing. transformers writes trainer_state.json
+        last, so a save cut short (killed mid-write) has none, or a truncated one, and is passed over."""
+
+        def finished(p: Path) -> bool:
+            try:
+                return p.name.split("-")[-1].isdigit() and bool(json.loads((p / "trainer_state.json").read_text()))
+            except (OSError, ValueError):
+                return False
+
+        done = [p for p in self.checkpoints.glob("checkpoint-*") if finished(p)]
         return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
     @classmethod

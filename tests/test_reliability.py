@@ -67,23 +67,32 @@ def uninterrupted(tmp_path_factory):
     return runs / "sft"
 
 
-@pytest.mark.parametrize("signal, code", [("SIGKILL", -9), ("SIGTERM", 143)])
-def test_stopped_run_resumes_to_the_same_adapter(tmp_path, uninterrupted, signal, code):
+@pytest.mark.parametrize(
+    "signal, code, partial", [("SIGKILL", -9, False), ("SIGKILL", -9, True), ("SIGTERM", 143, False)]
+)
+def test_stopped_run_resumes_to_the_same_adapter(tmp_path, uninterrupted, signal, code, partial):
     runs = tmp_path / "runs"
     stopped = lowtune("train", "sft", *OVERRIDES, f"output.dir={runs}", stop_at=6, signal=signal)
     assert stopped.returncode == code, stopped.stdout + stopped.stderr
     run = runs / "sft"
+    if partial:  # killed while writing the next checkpoint: weights written, trainer_state.json cut short
+        import shutil
+
+        shutil.copytree(run / "checkpoints" / "checkpoint-4", run / "checkpoints" / "checkpoint-8")
+        (run / "checkpoints" / "checkpoint-8" / "trainer_state.json").write_text('{"global_step": 8, "log_hi')
     assert not (run / "adapter").exists() and not (run / "summary.json").exists()
     checkpoints = sorted((p.name for p in (run / "checkpoints").glob("checkpoint-*")), key=lambda n: int(n[11:]))
     if signal == "SIGTERM":  # a checkpoint at the step it arrived, and the exact resume command
         assert "checkpoint-6" in checkpoints
         assert "SIGTERM at step 6" in stopped.stdout and f"lowtune train --resume {run}" in stopped.stdout
-    else:  # killed outright: the last scheduled checkpoint survives
-        assert checkpoints[-1] == "checkpoint-4"
+    else:  # killed outright: the last scheduled checkpoint survives (and a half-written one is passed over)
+        assert checkpoints[-1] == ("checkpoint-8" if partial else "checkpoint-4")
 
     resumed = lowtune("train", "--resume", str(run), "--quiet")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "resuming" in resumed.stdout
+    assert (
+        f"resuming {run} from {run / 'checkpoints' / 'checkpoint-'}{6 if signal == 'SIGTERM' else 4}" in resumed.stdout
+    )
     ours, whole = adapter(run), adapter(uninterrupted)
     assert ours.keys() == whole.keys()
     for key in whole:
@@ -138,3 +147,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     )
     model = PeftModel.from_pretrained(base, str(run / "checkpoints" / "checkpoint-4"))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_out_of_memory_says_what_to_lower(tmp_path, monkeypatch):
+    from trl import SFTTrainer
+
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", out_of_memory)
+    with pytest.raises(TrainingStopped) as e:
+        recipes.train(load_recipe(None, [*OVERRIDES, f"output.dir={tmp_path / 'runs'}"]))
+    message = str(e.value)
+    assert "out of GPU memory at step 0" in message
+    assert "train.per_device_train_batch_size (now 4" in message and "model.gradient_checkpointing=true" in message

@@ -134,8 +134,18 @@ def fit(trainer, run: RunDir, recipe: Recipe) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    with guard.signals():
-        trainer.train(resume_from_checkpoint=run.resume_from)
+    try:
+        with guard.signals():
+            trainer.train(resume_from_checkpoint=run.resume_from)
+    except torch.cuda.OutOfMemoryError:
+        last = run.last_checkpoint()
+        raise TrainingStopped(
+            f"out of GPU memory at step {trainer.state.global_step}. Lower train.per_device_train_batch_size "
+            f"(now {trainer.args.per_device_train_batch_size}; raise train.gradient_accumulation_steps to keep "
+            f"the effective batch), lower train.max_length, set model.gradient_checkpointing=true, use "
+            f"model.quantization=nf4; for GRPO lower train.num_generations or train.max_completion_length. "
+            + (f"Continue with `lowtune train --resume {run.path} ...`" if last else "No checkpoint was saved yet.")
+        ) from None
     seconds = time.perf_counter() - start
     state = trainer.state
     last = run.last_checkpoint()
