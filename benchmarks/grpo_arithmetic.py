@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import describe, machine_info  # noqa: E402
+from benchmarks.machine import describe, machine_info, train_run  # noqa: E402
 from lowtune import ui  # noqa: E402
 
 
@@ -34,14 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     run = args.run
     if run is None:
-        out = subprocess.run(
-            [sys.executable, "-m", "lowtune", "train", str(ROOT / "recipes" / "grpo.yaml"), "--quiet",
-             "output.name=grpo-benchmark", *args.overrides],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        run = Path(
-            next(line.split("run directory ", 1)[1] for line in out.stdout.splitlines() if "run directory" in line)
-        )
+        run = train_run(ROOT / "recipes" / "grpo.yaml", "grpo-benchmark", args.overrides)
 
     summary = json.loads((run / "summary.json").read_text())
     logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -73,3 +73,15 @@ def write_report(
     fig.tight_layout()
     fig.savefig(stem.with_suffix(".png"), dpi=120)
     plt.close(fig)
+
+
+def train_run(recipe: Path, name: str, overrides: list[str]) -> Path:
+    """Run `lowtune train RECIPE` in a fresh process (output.name=NAME) and return its run directory."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "lowtune", "train", str(recipe), "--quiet", f"output.name={name}", *overrides],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return Path(next(line.split("run directory ", 1)[1] for line in out.stdout.splitlines() if "run directory" in line))
