@@ -19,6 +19,7 @@ and nothing trains. A configured system prompt is prepended to prompts that have
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import re
 from collections.abc import Iterator
@@ -87,16 +88,30 @@ def read_rows(cfg: DataConfig) -> Iterator[tuple[str, dict[str, Any]]]:
         if not files:
             raise LowtuneError(f"{path}: no {cfg.split} file (.jsonl/.json/.csv/.parquet) in this directory")
         for f in files:
-            yield from READERS[_suffix(f)](f)
+            yield from _read(f)
         return
     if _suffix(path) in READERS and path.exists():
-        yield from READERS[_suffix(path)](path)
+        yield from _read(path)
         return
     if _suffix(path) in READERS or path.exists() or cfg.source.startswith((".", "/", "~")):
         raise LowtuneError(
             f"data file {cfg.source} not found (formats: .jsonl, .json, .csv, each optionally .gz, and .parquet)"
         )
     yield from _read_hub(cfg)
+
+
+def _read(path: Path) -> Iterator[tuple[str, dict]]:
+    """The file's rows; a file that is not what its name says ends in one clear error."""
+    import zlib
+
+    try:
+        yield from READERS[_suffix(path)](path)
+    except UnicodeDecodeError as e:
+        raise LowtuneError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise LowtuneError(f"{path}: not a complete gzip file ({e})") from None
+    except csv.Error as e:
+        raise LowtuneError(f"{path}: not valid CSV ({e})") from None
 
 
 def _suffix(path: Path) -> str:
@@ -106,8 +121,6 @@ def _suffix(path: Path) -> str:
 
 def _open(path: Path, **kwargs):
     if path.suffix == ".gz":
-        import gzip
-
         return gzip.open(path, "rt", encoding="utf-8", **kwargs)
     return path.open(encoding="utf-8", **kwargs)
 
@@ -150,9 +163,13 @@ def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[str, dict]]:
-    from datasets import Dataset
+    import pyarrow.parquet as pq
 
-    for i, row in enumerate(Dataset.from_parquet(str(path))):
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 (pyarrow raises several types for a damaged file)
+        raise LowtuneError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    for i, row in enumerate(table.to_pylist()):
         yield f"{path} row {i}", row
 
 
