@@ -161,3 +161,26 @@ def test_out_of_memory_says_what_to_lower(tmp_path, monkeypatch):
     message = str(e.value)
     assert "out of GPU memory at step 0" in message
     assert "train.per_device_train_batch_size (now 4" in message and "model.gradient_checkpointing=true" in message
+
+
+def test_a_crash_while_saving_the_adapter_leaves_no_half_written_adapter(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    replace = os.replace
+
+    def crash(src, dst):  # the final rename of the adapter fails; every other write works
+        if Path(dst).name == "adapter":
+            raise OSError("disk full")
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        recipes.train(load_recipe(None, [*OVERRIDES, f"output.dir={tmp_path / 'runs'}"]))
+    run = tmp_path / "runs" / "sft"
+    assert not (run / "adapter").exists()
+    monkeypatch.undo()
+    assert not (run / "summary.json").exists()
+    resumed = lowtune("train", "--resume", str(run), "--quiet")  # from the final checkpoint: just saves
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming" in resumed.stdout and (run / "adapter" / "adapter_model.safetensors").is_file()

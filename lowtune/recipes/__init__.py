@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -161,7 +162,12 @@ def fit(trainer, run: RunDir, recipe: Recipe) -> dict[str, Any]:
             exit_code=130 if guard.signal == "SIGINT" else 143,
         )
     losses = [h["loss"] for h in state.log_history if "loss" in h]
-    trainer.save_model(str(run.adapter))  # PEFT adapter + tokenizer, loadable without lowtune
+    # PEFT adapter + tokenizer, loadable without lowtune; written beside and renamed into place, so a
+    # crash mid-save never leaves a half-written adapter/ (the checkpoints stay as they were).
+    staging = run.path / ".adapter.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    os.replace(staging, run.adapter)
     return {
         "wall_time_s": round(seconds, 2),
         "steps": state.global_step,
