@@ -45,17 +45,6 @@ PROBES = [
 ]
 
 
-def find_adapter(run_or_adapter: str | Path) -> Path:
-    """The PEFT adapter directory of a run directory (or the adapter directory itself)."""
-    path = Path(run_or_adapter)
-    for candidate in (path / "adapter", path):
-        if (candidate / "adapter_config.json").is_file():
-            return candidate
-    if not path.exists():
-        raise LowtuneError(f"{path} does not exist; give a run directory such as runs/sft")
-    raise LowtuneError(f"{path} has no adapter (no adapter/adapter_config.json); did the run finish training?")
-
-
 def dequantize_nf4_(model) -> int:
     """Replace each decoder linear weight by dequant(NF4(W)) in place; returns how many.
 
@@ -109,12 +98,12 @@ def merge(
         raise LowtuneError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     if base not in ("auto", "original", "dequantized"):
         raise LowtuneError(f"--base {base}: choose auto, original or dequantized")
-    adapter = find_adapter(run_or_adapter)
+    adapter = models.find_adapter(run_or_adapter)
     out = Path(out)
     if out.exists():
         raise LowtuneError(f"{out} already exists; choose another --out or remove it")
 
-    task = json.loads((adapter / "adapter_config.json").read_text()).get("task_type")
+    task = models.adapter_task(adapter)
     if task not in (None, "CAUSAL_LM"):
         raise LowtuneError(
             f"{adapter} is a {task} adapter (a reward model); merge and export take language-model adapters. "

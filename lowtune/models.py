@@ -164,32 +164,55 @@ def load_for_inference(model_or_run: str, device: str = "auto", say=None):
     Returns (model, tokenizer, description). A run or adapter gives base + adapter (not merged);
     the base is loaded in full precision on CPU and per the run's recipe on CUDA.
     """
-    from peft import PeftModel
-
     path = Path(model_or_run)
-    adapter_dir = None
-    if (path / "adapter" / "adapter_config.json").is_file():
-        adapter_dir = path / "adapter"
-    elif (path / "adapter_config.json").is_file():
-        adapter_dir = path
-    if adapter_dir is None:
+    if not any((p / "adapter_config.json").is_file() for p in (path / "adapter", path)):
         cfg = ModelConfig(name=model_or_run, device=device)
         model, tokenizer = load(cfg)
         return model.eval(), tokenizer, model_or_run
-
-    task = json.loads((adapter_dir / "adapter_config.json").read_text()).get("task_type")
-    if task == "SEQ_CLS":
-        raise LowtuneError(f"{adapter_dir} is a reward model; it scores text (`lowtune score`), it does not generate")
-    recipe = run_recipe(adapter_dir)
+    adapter_dir = find_adapter(path)
+    model, tokenizer, recipe = load_adapter(adapter_dir, device, say)
     base_name = recipe.model.name if recipe else adapter_base(adapter_dir)
-    cfg = recipe.model if recipe else ModelConfig(name=base_name)
+    return model, tokenizer, f"{base_name} + {adapter_dir}"
+
+
+def find_adapter(run_or_adapter: str | Path) -> Path:
+    """The PEFT adapter directory of a run directory (or the adapter directory itself)."""
+    path = Path(run_or_adapter)
+    for candidate in (path / "adapter", path):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    if not path.exists():
+        raise LowtuneError(
+            f"{path} does not exist; it is neither a run directory nor an adapter directory (e.g. runs/sft)"
+        )
+    raise LowtuneError(f"{path} has no adapter (no adapter/adapter_config.json); did the run finish training?")
+
+
+def adapter_task(adapter_dir: Path) -> str | None:
+    """PEFT's task type of an adapter: CAUSAL_LM (a language model) or SEQ_CLS (a reward model)."""
+    return json.loads((adapter_dir / "adapter_config.json").read_text()).get("task_type")
+
+
+def load_adapter(adapter_dir: Path, device: str = "auto", say=None, head: str = "lm"):
+    """The run's base (per its recipe, on `device`) + the PEFT adapter, for inference: (model, tokenizer, recipe).
+
+    `head="score"` takes a reward model's adapter, `head="lm"` any other; the wrong kind is refused.
+    """
+    from peft import PeftModel
+
+    task = adapter_task(adapter_dir)
+    if head == "lm" and task == "SEQ_CLS":
+        raise LowtuneError(f"{adapter_dir} is a reward model; it scores text (`lowtune score`), it does not generate")
+    if head == "score" and task != "SEQ_CLS":
+        raise LowtuneError(f"{adapter_dir} is not a reward model adapter (train one with `lowtune train reward`)")
+    require_safetensors(adapter_dir)
+    recipe = run_recipe(adapter_dir)
+    cfg = recipe.model if recipe else ModelConfig(name=adapter_base(adapter_dir))
     cfg.device = device
-    model, tokenizer = load(cfg, say=say)
+    model, tokenizer = load(cfg, say=say, head=head)
     if (adapter_dir / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(str(adapter_dir), cfg.trust_remote_code)
-    require_safetensors(adapter_dir)
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
-    return model.eval(), tokenizer, f"{base_name} + {adapter_dir}"
+    return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), tokenizer, recipe
 
 
 def require_safetensors(adapter_dir: Path) -> None:

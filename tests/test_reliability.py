@@ -184,3 +184,16 @@ def test_a_crash_while_saving_the_adapter_leaves_no_half_written_adapter(tmp_pat
     resumed = lowtune("train", "--resume", str(run), "--quiet")  # from the final checkpoint: just saves
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming" in resumed.stdout and (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_finished_run_resumes_for_more_steps(tmp_path):
+    runs = tmp_path / "runs"
+    done = lowtune("train", "sft", *OVERRIDES, f"output.dir={runs}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    first = adapter(runs / "sft")
+    more = lowtune("train", "--resume", str(runs / "sft"), "train.max_steps=12", "--quiet")
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert json.loads((runs / "sft" / "summary.json").read_text())["steps"] == 12
+    later = adapter(runs / "sft")
+    assert any(not torch.equal(first[k], later[k]) for k in first)  # the adapter was replaced by the longer run
+    assert sorted(p.name for p in (runs / "sft").iterdir() if p.name.startswith(".adapter")) == []

@@ -164,10 +164,14 @@ def fit(trainer, run: RunDir, recipe: Recipe) -> dict[str, Any]:
     losses = [h["loss"] for h in state.log_history if "loss" in h]
     # PEFT adapter + tokenizer, loadable without lowtune; written beside and renamed into place, so a
     # crash mid-save never leaves a half-written adapter/ (the checkpoints stay as they were).
-    staging = run.path / ".adapter.partial"
+    staging, previous = run.path / ".adapter.partial", run.path / ".adapter.previous"
     shutil.rmtree(staging, ignore_errors=True)
     trainer.save_model(str(staging))
+    if run.adapter.exists():  # a finished run resumed for more steps: its old adapter gives way
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(run.adapter, previous)
     os.replace(staging, run.adapter)
+    shutil.rmtree(previous, ignore_errors=True)
     return {
         "wall_time_s": round(seconds, 2),
         "steps": state.global_step,

@@ -22,14 +22,14 @@ from typing import Any
 import torch
 
 from lowtune import data, models, ui
-from lowtune.config import ModelConfig, Recipe
+from lowtune.config import Recipe
 from lowtune.data.preference import HH_TURN, transcript_turns
 from lowtune.errors import LowtuneError
 from lowtune.recipes import fit, trl_args
 from lowtune.runs import RunDir
 
 # Pairs of similar length share a batch (transformers' LengthGroupedSampler over the `length` column):
-# HH-RLHF conversations run from 30 to 500+ tokens, and random batches were mostly padding.
+# HH-RLHF conversations (median 158 tokens, longest 997 with SmolLM2) in random batches were mostly padding.
 TRAIN_DEFAULTS = dict(
     learning_rate=1e-4,
     max_length=512,
@@ -154,22 +154,7 @@ class RewardModel:
 
     @classmethod
     def load(cls, run_or_adapter: str | Path, device: str = "auto", say=None) -> RewardModel:
-        from peft import PeftConfig, PeftModel
-
-        path = Path(run_or_adapter)
-        adapter = path / "adapter" if (path / "adapter" / "adapter_config.json").is_file() else path
-        if not (adapter / "adapter_config.json").is_file():
-            raise LowtuneError(f"{path} is neither a run directory nor an adapter directory (no adapter_config.json)")
-        if PeftConfig.from_pretrained(str(adapter)).task_type != "SEQ_CLS":
-            raise LowtuneError(f"{adapter} is not a reward model adapter (train one with `lowtune train reward`)")
-        models.require_safetensors(adapter)
-        recipe = models.run_recipe(adapter)
-        cfg = recipe.model if recipe else ModelConfig(name=models.adapter_base(adapter))
-        cfg.device = device
-        base, tokenizer = models.load(cfg, say=say, head="score")
-        if (adapter / "tokenizer_config.json").is_file():
-            tokenizer = models.load_tokenizer(str(adapter), cfg.trust_remote_code)
-        model = PeftModel.from_pretrained(base, str(adapter)).eval()
+        model, tokenizer, recipe = models.load_adapter(models.find_adapter(run_or_adapter), device, say, head="score")
         max_length = recipe.train.get("max_length", TRAIN_DEFAULTS["max_length"]) if recipe else None
         return cls(model, tokenizer, max_length, recipe.system_prompt() if recipe else None)
 
