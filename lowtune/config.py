@@ -247,7 +247,7 @@ def _build(raw: dict[str, Any], where: str, lines: dict[str, int]) -> Recipe:
 
     for key in raw:
         if key not in SECTIONS:
-            raise LowtuneError(f"{at(key)}: unknown section {key}{did_you_mean(key, SECTIONS)}")
+            raise LowtuneError(f"{at(key)}: unknown section {key}{did_you_mean(str(key), SECTIONS)}")
     kwargs: dict[str, Any] = {}
     for name, tp in SECTIONS.items():
         if name not in raw:
