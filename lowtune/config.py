@@ -28,6 +28,7 @@ TRAIN_CONFIG_CLASSES = {
     "grpo": "trl.GRPOConfig",
     "reward": "trl.RewardConfig",
     "dpo": "trl.DPOConfig",
+    "ppo": "lowtune.rl.ppo.PPOConfig",  # TRL 1.16 has no PPO: lowtune's own, a transformers TrainingArguments
 }
 
 # The default system prompt of reasoning recipes (GRPO), in the DeepSeek-R1 format.
@@ -127,6 +128,11 @@ class RewardsConfig:
     format: float = _doc("weight of format_reward (<think>…</think><answer>…</answer>)", default=0.0)
     length: float = _doc("weight of length_reward (cosine length-scaled correctness, Yeo et al. 2025)", default=0.0)
     length_max: int | None = _doc("length_reward's max length in tokens (default: max_completion_length)", default=None)
+    model: str | None = _doc(
+        "PPO: a reward run or its adapter directory (`lowtune train reward`) on the same base model; "
+        "a response's score is this model's score plus the weighted rule rewards above",
+        default=None,
+    )
 
 
 @dataclass
@@ -483,4 +489,18 @@ _TRAIN_HIGHLIGHTS = (
     "loss_type",
     "precompute_ref_log_probs",
     "seed",
+    # PPO (lowtune.rl.ppo.PPOConfig)
+    "num_mini_batches",
+    "num_ppo_epochs",
+    "max_new_tokens",
+    "temperature",
+    "kl_coef",
+    "kl_estimator",
+    "kl_target",
+    "gamma",
+    "lam",
+    "cliprange",
+    "cliprange_value",
+    "vf_coef",
+    "missing_eos_penalty",
 )

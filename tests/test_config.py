@@ -20,7 +20,7 @@ def test_defaults_without_a_file():
 @pytest.mark.parametrize("name", sorted(shipped_recipes()))
 def test_every_shipped_recipe_loads(name):
     recipe = load_recipe(shipped_recipes()[name])
-    assert recipe.method in ("sft", "grpo", "reward", "dpo")
+    assert recipe.method in ("sft", "grpo", "reward", "dpo", "ppo")
     assert recipe.model.name
     # The recipe's name says its method (gpu/ presets name it after the slash).
     assert name.split("/")[-1].split("-")[0] == recipe.method

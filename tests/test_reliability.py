@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from lowtune import recipes
 from lowtune.config import load_recipe
 from lowtune.errors import TrainingStopped
+from lowtune.runs import RunDir
 
 OVERRIDES = [
     "model.name=tiny-random",
@@ -43,8 +44,8 @@ CHILD = textwrap.dedent(
         trainer.add_callback(Stop())
         return fit(trainer, run, recipe)
     recipes.fit = fit_with_stop
-    import lowtune.recipes.sft as sft
-    sft.fit = fit_with_stop
+    import lowtune.recipes.sft as sft, lowtune.recipes.ppo as ppo
+    sft.fit = ppo.fit = fit_with_stop
     sys.exit(main(sys.argv[1:]))
     """
 )
@@ -197,3 +198,44 @@ def test_a_finished_run_resumes_for_more_steps(tmp_path):
     later = adapter(runs / "sft")
     assert any(not torch.equal(first[k], later[k]) for k in first)  # the adapter was replaced by the longer run
     assert sorted(p.name for p in (runs / "sft").iterdir() if p.name.startswith(".adapter")) == []
+
+
+PPO = [
+    "method=ppo",
+    "model.name=tiny-random",
+    "data.n_train=64",
+    "train.max_steps=10",
+    "train.per_device_train_batch_size=4",
+    "train.num_mini_batches=2",
+    "train.num_ppo_epochs=2",
+    "train.max_new_tokens=8",
+    "train.save_steps=4",
+    "train.logging_steps=1",
+    "train.learning_rate=1e-3",
+    "eval.task=null",
+    "output.quiet=true",
+]
+
+
+@pytest.mark.parametrize("signal, code, checkpoint", [("SIGKILL", -9, 4), ("SIGTERM", 143, 6)])
+def test_stopped_ppo_run_resumes_to_the_same_policy_and_value(tmp_path, signal, code, checkpoint):
+    """A rollout spans 4 optimizer steps: checkpoint-4 starts a new one, checkpoint-6 (SIGTERM) is mid-rollout
+    and carries the rollout it trains on, so either way the resumed run matches the uninterrupted one."""
+    whole = lowtune("train", "ppo", *PPO[1:], f"output.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    stopped = lowtune("train", "ppo", *PPO[1:], f"output.dir={tmp_path / 'runs'}", stop_at=6, signal=signal)
+    assert stopped.returncode == code, stopped.stdout + stopped.stderr
+    run = tmp_path / "runs" / "ppo"
+    assert RunDir(run).last_checkpoint().name == f"checkpoint-{checkpoint}"
+    resumed = lowtune("train", "--resume", str(run), "--quiet")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    for part in ("adapter_model.safetensors", "value/adapter_model.safetensors", "value/value_head.safetensors"):
+        ours, want = (
+            load_file(str(run / "adapter" / part)),
+            load_file(str(tmp_path / "whole" / "ppo" / "adapter" / part)),
+        )
+        assert ours.keys() == want.keys()
+        for key in want:
+            torch.testing.assert_close(ours[key], want[key], rtol=1e-4, atol=1e-6)
+    logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs if "loss" in r] == list(range(1, 11))

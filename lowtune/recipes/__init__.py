@@ -27,6 +27,7 @@ METHODS = {
     "grpo": "lowtune.recipes.grpo",
     "reward": "lowtune.recipes.reward",
     "dpo": "lowtune.recipes.dpo",
+    "ppo": "lowtune.recipes.ppo",
 }
 SHIPPED = [
     Path(__file__).resolve().parent.parent / "shipped_recipes",  # inside an installed wheel
@@ -119,7 +120,10 @@ def trl_args(recipe: Recipe, run: RunDir):
         gradient_checkpointing=recipe.model.gradient_checkpointing,
         seed=recipe.data.seed,
     )
-    return train_config_class(recipe.method)(**{**defaults, **train_defaults(recipe.method), **recipe.train})
+    try:
+        return train_config_class(recipe.method)(**{**defaults, **train_defaults(recipe.method), **recipe.train})
+    except ValueError as e:  # the config class's own checks (e.g. incompatible settings)
+        raise LowtuneError(f"train: {e}") from None
 
 
 def fit(trainer, run: RunDir, recipe: Recipe) -> dict[str, Any]:

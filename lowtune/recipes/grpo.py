@@ -32,7 +32,7 @@ TRAIN_DEFAULTS = dict(
 
 
 def reward_functions(recipe: Recipe, max_completion_length: int) -> tuple[list, list[float]]:
-    """The reward functions with non-zero weight, and their weights."""
+    """The rule reward functions with non-zero weight, and their weights (both empty when every weight is 0)."""
     cfg = recipe.rewards
     length_max = cfg.length_max or max_completion_length
 
@@ -45,8 +45,6 @@ def reward_functions(recipe: Recipe, max_completion_length: int) -> tuple[list, 
         (length_reward, cfg.length),
     ]
     chosen = [(f, w) for f, w in chosen if w != 0]
-    if not chosen:
-        raise LowtuneError("rewards: every weight is 0; give accuracy, format or length a weight")
     return [f for f, _ in chosen], [w for _, w in chosen]
 
 
@@ -62,6 +60,8 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
 
     args = trl_args(recipe, run_dir)
     funcs, weights = reward_functions(recipe, args.max_completion_length)
+    if not funcs:
+        raise LowtuneError("rewards: every weight is 0; give accuracy, format or length a weight")
     args.reward_weights = weights
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
     with logprob_kernel(recipe) as kernel:

@@ -1,0 +1,91 @@
+"""The calculator tool: arithmetic on a whitelisted syntax tree, never `eval`.
+
+`calculator("400 / 1400")` -> "0.29". Understands + - * / (also × ÷ −), parentheses, unary minus,
+decimals and thousands separators ("1,234.5"). The value is computed exactly (fractions) and rounded
+half-up to 2 decimals, trailing zeros dropped. Anything else — names, attributes, calls, powers,
+comprehensions — and anything too large (input length, nesting depth, digits per number, the size of
+any intermediate result), or a division by zero, gives None: a failed call, never an exception.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from decimal import ROUND_HALF_UP, Context, Decimal
+from fractions import Fraction
+
+MAX_LENGTH = 200  # characters of input
+MAX_DEPTH = 20  # nested parentheses / unary signs
+MAX_DIGITS = 15  # digits in one number
+MAX_MAGNITUDE = Fraction(10) ** 15  # any intermediate or final value
+
+_SYMBOLS = str.maketrans({"×": "*", "÷": "/", "−": "-", "–": "-"})
+_THOUSANDS = re.compile(r"(?<![\d.])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,])")
+_ALLOWED = re.compile(r"[\d\s+\-*/().]*")
+_NUMBER = re.compile(r"[\d.]+")
+_OPERATORS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+}
+
+
+class _Rejected(Exception):
+    pass
+
+
+def calculator(expression: str) -> str | None:
+    """The rounded value of an arithmetic expression, or None when it is not one lowtune evaluates."""
+    if not isinstance(expression, str) or len(expression) > MAX_LENGTH:
+        return None
+    text = _THOUSANDS.sub(lambda m: m.group().replace(",", ""), expression.translate(_SYMBOLS)).strip()
+    # Only digits, operators, parentheses and spaces get as far as the parser, and never deeply nested:
+    # Python's own parser would recurse on 1,000 parentheses.
+    if not text or not _ALLOWED.fullmatch(text) or _depth(text) > MAX_DEPTH:
+        return None
+    if any(len(n.replace(".", "").lstrip("0")) > MAX_DIGITS for n in _NUMBER.findall(text)):
+        return None
+    try:
+        tree = ast.parse(text, mode="eval")
+        value = _evaluate(tree.body, text)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, _Rejected):
+        return None
+    return _format(value)
+
+
+def _depth(text: str) -> int:
+    deepest = depth = signs = 0
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        signs = signs + 1 if ch in "+-" else (signs if ch.isspace() else 0)
+        deepest = max(deepest, depth, signs)
+    return deepest
+
+
+def _evaluate(node: ast.AST, text: str) -> Fraction:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return Fraction(ast.get_source_segment(text, node))  # exact: "0.1" is 1/10, not the nearest float
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _evaluate(node.operand, text)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        value = _OPERATORS[type(node.op)](_evaluate(node.left, text), _evaluate(node.right, text))
+        if abs(value) > MAX_MAGNITUDE:
+            raise _Rejected
+        return value
+    raise _Rejected
+
+
+def _format(value: Fraction) -> str:
+    exact = (
+        Decimal(value.numerator) / Decimal(value.denominator) if value.denominator != 1 else Decimal(value.numerator)
+    )
+    rounded = exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP, context=Context(prec=40))
+    text = format(rounded, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text

@@ -1,0 +1,307 @@
+"""PPO: the math alone (GAE, whitening, KL, where the score lands), then the trainer on tiny-random."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from lowtune import recipes
+from lowtune.config import load_recipe
+from lowtune.errors import LowtuneError
+from lowtune.rl import gae, kl_penalty, whiten
+from lowtune.rl.core import explained_variance, policy_loss, token_rewards, value_loss
+from lowtune.rl.ppo import response_mask
+
+# ---------------------------------------------------------------- GAE
+
+
+def test_gae_hand_worked():
+    # gamma 0.9, lam 0.5:  t=2: delta = 2 - 0.2 = 1.8, A = 1.8
+    #   t=1: delta = 0 + 0.9 * 0.2 - 1.0 = -0.82, A = -0.82 + 0.45 * 1.8 = -0.01
+    #   t=0: delta = 1 + 0.9 * 1.0 - 0.5 = 1.4,   A = 1.4 + 0.45 * -0.01 = 1.3955
+    rewards = torch.tensor([[1.0, 0.0, 2.0]])
+    values = torch.tensor([[0.5, 1.0, 0.2]])
+    advantages, returns = gae(rewards, values, torch.ones(1, 3), gamma=0.9, lam=0.5)
+    torch.testing.assert_close(advantages, torch.tensor([[1.3955, -0.01, 1.8]]))
+    torch.testing.assert_close(returns, torch.tensor([[1.8955, 0.99, 2.0]]))
+
+
+def slow_gae(rewards, values, mask, gamma, lam):
+    """Per row: the masked-in steps in order, GAE by the textbook recursion, written back."""
+    advantages = torch.zeros_like(values)
+    for b in range(values.shape[0]):
+        steps = [t for t in range(values.shape[1]) if mask[b, t]]
+        running = 0.0
+        for i in reversed(range(len(steps))):
+            t = steps[i]
+            next_value = values[b, steps[i + 1]].item() if i + 1 < len(steps) else 0.0
+            delta = rewards[b, t].item() + gamma * next_value - values[b, t].item()
+            running = delta + gamma * lam * running
+            advantages[b, t] = running
+    return advantages, (advantages + values) * mask
+
+
+@pytest.mark.parametrize("gamma, lam", [(1.0, 0.95), (0.99, 1.0), (0.9, 0.0)])
+def test_gae_matches_a_slow_reference_with_padding_and_single_tokens(gamma, lam):
+    g = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(6, 9, generator=g), torch.randn(6, 9, generator=g)
+    mask = torch.zeros(6, 9)
+    mask[0, :] = 1  # full length
+    mask[1, :4] = 1  # right padding
+    mask[2, 5:] = 1  # left padding
+    mask[3, 0] = 1  # a single-token response
+    mask[4, 8] = 1  # a single token at the end
+    mask[5, [1, 2, 5, 6]] = 1  # a gap in the middle
+    got_adv, got_ret = gae(rewards, values, mask, gamma, lam)
+    want_adv, want_ret = slow_gae(rewards, values, mask, gamma, lam)
+    torch.testing.assert_close(got_adv, want_adv)
+    torch.testing.assert_close(got_ret, want_ret)
+    assert (got_adv[mask == 0] == 0).all() and (got_ret[mask == 0] == 0).all()
+    # the single-token responses: A = r - V, return = r
+    torch.testing.assert_close(got_ret[3, 0], rewards[3, 0])
+    torch.testing.assert_close(got_adv[4, 8], rewards[4, 8] - values[4, 8])
+
+
+def test_gae_ignores_what_lies_under_the_padding():
+    rewards, values = torch.randn(2, 5), torch.randn(2, 5)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]], dtype=torch.float)
+    noisy_r = rewards + 100 * (1 - mask)
+    noisy_v = values - 50 * (1 - mask)
+    for a, b in zip(gae(rewards, values, mask), gae(noisy_r, noisy_v, mask), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------- whitening, KL, losses
+
+
+def test_whiten_masked_entries_only():
+    x = torch.tensor([[1.0, 2.0, 3.0, 99.0], [4.0, 5.0, -99.0, -99.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    out = whiten(x, mask)
+    valid = out[mask.bool()]
+    assert abs(valid.mean().item()) < 1e-6
+    assert abs(valid.var().item() - 1.0) < 1e-4  # unbiased, as computed
+    assert (out[~mask.bool()] == 0).all()
+    want = (torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]) - 3.0) / torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]).std()
+    torch.testing.assert_close(valid, want)
+    kept_mean = whiten(x, mask, shift_mean=False)[mask.bool()]
+    torch.testing.assert_close(kept_mean.mean(), torch.tensor(3.0))
+
+
+def test_kl_estimators():
+    logp, ref = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -1.0, -0.5])
+    torch.testing.assert_close(kl_penalty(logp, ref, "k1"), logp - ref)
+    torch.testing.assert_close(kl_penalty(logp, ref, "k2"), 0.5 * (logp - ref) ** 2)
+    r = torch.exp(ref - logp)
+    torch.testing.assert_close(kl_penalty(logp, ref, "k3"), r - 1 - torch.log(r))
+    assert (kl_penalty(torch.randn(100), torch.randn(100), "k3") >= 0).all()
+    assert (kl_penalty(logp, logp, "k1") == 0).all() and (kl_penalty(logp, logp, "k3") == 0).all()
+    with pytest.raises(ValueError, match="k1, k2, k3"):
+        kl_penalty(logp, ref, "k4")
+
+
+def test_score_lands_on_the_eos_token_not_after_it():
+    eos, pad = 7, 0
+    responses = torch.tensor([[3, 4, eos, pad, pad], [3, 4, 5, 6, 2], [eos, pad, pad, pad, pad]])
+    mask = response_mask(responses, [eos])
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    kl = torch.full((3, 5), 0.5)
+    rewards = token_rewards(torch.tensor([2.0, -1.0, 3.0]), kl, mask.float(), beta=0.1)
+    assert rewards.tolist()[0] == pytest.approx([-0.05, -0.05, 1.95, 0, 0])  # on the EOS, index 2
+    assert rewards.tolist()[1] == pytest.approx([-0.05] * 4 + [-1.05])  # cut off: on its last token
+    assert rewards.tolist()[2] == pytest.approx([2.95, 0, 0, 0, 0])
+
+
+def test_clipped_losses():
+    mask = torch.ones(1, 2)
+    old = torch.zeros(1, 2)
+    new = torch.log(torch.tensor([[1.5, 0.9]]))  # ratios 1.5 (clipped to 1.2) and 0.9
+    adv = torch.tensor([[1.0, 1.0]])
+    loss, clip_fraction, approx_kl = policy_loss(new, old, adv, mask, clip=0.2)
+    assert loss.item() == pytest.approx(-(1.2 + 0.9) / 2)
+    assert clip_fraction.item() == pytest.approx(0.5)
+    assert approx_kl.item() == pytest.approx(0.5 * (math.log(1.5) ** 2 + math.log(0.9) ** 2) / 2)
+    vloss, vclip = value_loss(torch.tensor([[1.0, 0.1]]), torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), mask, 0.2)
+    # first: clipped value 0.2 is farther from the return 1.0 -> (0.8)^2; second: (0.1)^2 both ways
+    assert vloss.item() == pytest.approx(0.5 * (0.64 + 0.01) / 2)
+    assert vclip.item() == pytest.approx(0.5)
+    assert explained_variance(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1.0, 2.0, 3.0]]), torch.ones(1, 3)) == 1.0
+
+
+# ---------------------------------------------------------------- the trainer on tiny-random
+
+PPO = [
+    "method=ppo",
+    "model.name=tiny-random",
+    "data.n_train=64",
+    "train.per_device_train_batch_size=4",
+    "train.num_mini_batches=2",
+    "train.num_ppo_epochs=2",
+    "train.max_new_tokens=8",
+    "train.logging_steps=1",
+    "eval.task=null",
+    "output.quiet=true",
+]
+
+
+def make_trainer(tmp_path, overrides=(), reward_funcs=None, reward_dir=None, model=None):
+    """A PPOTrainer as the ppo recipe builds it, with reward functions passed in directly."""
+    from lowtune import data, models
+    from lowtune.recipes.ppo import _reward_encoder
+    from lowtune.rl import ActorCritic, PPOTrainer
+    from lowtune.runs import RunDir
+
+    recipe = load_recipe(None, [*PPO, f"output.dir={tmp_path}", *overrides])
+    torch.manual_seed(0)  # the LoRA init
+    if model is None:
+        peft_model, tokenizer = models.load(recipe.model, recipe.lora)
+        policy = ActorCritic.build(peft_model, reward_dir)
+    else:
+        policy, tokenizer = model, models.load_tokenizer(models.resolve_path(recipe.model.name))
+    dataset = data.load(recipe.data, kind="prompt", system_prompt=None)
+    run = RunDir(tmp_path / "run")
+    return PPOTrainer(
+        model=policy, args=recipes.trl_args(recipe, run), train_dataset=dataset, processing_class=tokenizer,
+        reward_funcs=reward_funcs, reward_encode=_reward_encoder(reward_dir, tokenizer),
+        stop_token_ids=[tokenizer.eos_token_id],
+    )  # fmt: skip
+
+
+def share_of_tokens_below(token_id):
+    """Reward: the share of a response's tokens whose id is below `token_id` (a chosen set of tokens)."""
+
+    def reward(completions, completion_ids, **kwargs):
+        return [sum(t < token_id for t in ids) / max(len(ids), 1) for ids in completion_ids]
+
+    return reward
+
+
+def test_kl_is_zero_at_the_first_rollout(tmp_path):
+    trainer = make_trainer(tmp_path, reward_funcs=[share_of_tokens_below(96)])
+    rows = [trainer.train_dataset[i] for i in range(8)]
+    rollout = trainer._make_rollout(rows)
+    assert trainer._metrics["kl"] == [0.0]
+    ref = torch.cat([trainer._logprobs("reference", rollout, int(rollout["prompt_width"]))])
+    torch.testing.assert_close(ref, rollout["logp"], rtol=0, atol=0)
+    assert rollout["mask"].sum() > 0 and (rollout["logp"][rollout["mask"] == 0] == 0).all()
+
+
+def test_mean_reward_rises_with_a_rule_reward(tmp_path):
+    trainer = make_trainer(
+        tmp_path,
+        [
+            "train.max_steps=64",
+            "train.per_device_train_batch_size=8",
+            "train.learning_rate=3e-3",
+            "train.kl_coef=0.0",
+            "train.missing_eos_penalty=0",
+        ],
+        [share_of_tokens_below(96)],
+    )
+    trainer.train()
+    scores = [r["score"] for r in trainer.state.log_history if "score" in r]
+    assert len(scores) == 16  # a rollout every 4 optimizer steps
+    first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    assert last > first + 0.1, scores
+    logged = trainer.state.log_history[0]
+    for key in ("kl", "entropy", "clip_fraction", "approx_kl", "value_loss", "explained_variance", "response_length"):
+        assert key in logged
+
+
+@pytest.fixture(scope="module")
+def reward_run(tmp_path_factory):
+    from tests.conftest import write_separable_pairs
+
+    tmp = tmp_path_factory.mktemp("reward")
+    data = write_separable_pairs(tmp / "pairs.jsonl", 64)
+    recipe = load_recipe(
+        None,
+        ["method=reward", "model.name=tiny-random", f"data.source={data}", "data.heldout=8",
+         "train.max_steps=6", "train.per_device_train_batch_size=8", "train.learning_rate=1e-3",
+         "eval.task=null", f"output.dir={tmp / 'runs'}", "output.quiet=true"],
+    )  # fmt: skip
+    run, _ = recipes.train(recipe)
+    return run.path
+
+
+def test_reward_adapter_scores_match_plain_peft_and_never_move(tmp_path, reward_run):
+    from lowtune.recipes.reward import RewardModel
+
+    trainer = make_trainer(
+        tmp_path, ["train.max_steps=8", "train.learning_rate=1e-2"], reward_dir=reward_run / "adapter"
+    )
+    conversations = [
+        [{"role": "user", "content": "tell me about stone"}, {"role": "assistant", "content": "thank you, happy"}],
+        [{"role": "user", "content": "what is 2 + 2?"}, {"role": "assistant", "content": "no. go away"}],
+    ]
+    sequences = [trainer.reward_encode(c) for c in conversations]
+    before = trainer.reward_model_scores(sequences)
+    plain = RewardModel.load(reward_run).score(conversations)  # the reward adapter on its own SEQ_CLS model
+    torch.testing.assert_close(before, torch.tensor(plain), rtol=1e-4, atol=1e-5)
+    policy_before = {k: v.clone() for k, v in trainer.model.peft.state_dict().items() if ".default." in k}
+    trainer.train()
+    policy_after = {k: v for k, v in trainer.model.peft.state_dict().items() if ".default." in k}
+    assert any(not torch.equal(policy_before[k], policy_after[k]) for k in policy_before)  # the policy trained
+    torch.testing.assert_close(trainer.reward_model_scores(sequences), before, rtol=0, atol=0)
+    assert any("rewards/reward_model" in r for r in trainer.state.log_history)
+
+
+def test_value_adapter_starts_as_the_reward_model(tmp_path, reward_run):
+    from lowtune.rl.model import REWARD, VALUE
+
+    trainer = make_trainer(tmp_path, reward_dir=reward_run / "adapter")
+    model = trainer.model
+    ids = torch.tensor([[5, 6, 7, 8]])
+    mask = torch.ones_like(ids)
+    torch.testing.assert_close(
+        model.values(model.hidden(VALUE, ids, mask)), model.scores(model.hidden(REWARD, ids, mask))
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and not any(".reward." in n or "score_head" in n for n in trainable)
+    assert any(".value." in n for n in trainable) and any(".default." in n for n in trainable)
+    model.activate("default")
+    with model.peft.disable_adapter():  # as the recipe's evaluation before training does
+        pass
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".value." in n)  # PEFT froze them
+    rebuilt = make_trainer(tmp_path, reward_dir=reward_run / "adapter", model=model)
+    optimized = {id(p) for group in rebuilt.create_optimizer().param_groups for p in group["params"]}
+    assert optimized == {id(p) for n, p in model.named_parameters() if n in trainable}
+
+
+def test_ppo_recipe_saves_a_policy_adapter_plain_peft_loads(tmp_path, tiny_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lowtune import models
+
+    recipe = load_recipe(None, [*PPO, f"output.dir={tmp_path / 'runs'}", "train.max_steps=4", "train.save_steps=4"])
+    run, summary = recipes.train(recipe)
+    assert summary["steps"] == 4 and summary["tokens"] > 0 and summary["rollout_size"] == 8
+    adapter = run.path / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    assert (adapter / "value" / "value_head.safetensors").is_file()
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_path)), str(adapter)).eval()
+    ours, _, _ = models.load_for_inference(str(run.path))
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, ours(ids).logits)
+        with plain.disable_adapter():
+            assert not torch.allclose(plain(ids).logits, ours(ids).logits)  # the adapter is not a no-op
+    assert (run.path / "checkpoints" / "checkpoint-4" / "rollout.safetensors").is_file()
+
+
+def test_ppo_recipe_errors(tmp_path, reward_run):
+    with pytest.raises(LowtuneError, match="PPO needs a score"):
+        recipes.train(load_recipe(None, [*PPO, f"output.dir={tmp_path}", "rewards.accuracy=0"]))
+    with pytest.raises(LowtuneError, match="train the reward model on the policy's base"):
+        recipes.train(load_recipe(None, [*PPO, f"output.dir={tmp_path}", f"rewards.model={reward_run}",
+                                         "model.name=smollm2-135m-instruct"]))  # fmt: skip
+    with pytest.raises(LowtuneError, match="kl_estimator"):
+        recipes.train(load_recipe(None, [*PPO, f"output.dir={tmp_path}", "train.kl_estimator=k9"]))
+    with pytest.raises(LowtuneError, match="unknown key train.num_ppo_epoch"):
+        load_recipe(None, [*PPO, "train.num_ppo_epoch=2"])
+    sft = ["model.name=tiny-random", "data.n_train=16", "train.max_steps=1", "eval.task=null", "output.quiet=true"]
+    sft_run, _ = recipes.train(load_recipe(None, [*sft, f"output.dir={tmp_path}"]))
+    with pytest.raises(LowtuneError, match="not a reward model adapter"):
+        recipes.train(load_recipe(None, [*PPO, f"output.dir={tmp_path}", f"rewards.model={sft_run.path}"]))
