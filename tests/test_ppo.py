@@ -289,6 +289,12 @@ def test_ppo_recipe_saves_a_policy_adapter_plain_peft_loads(tmp_path, tiny_path)
         with plain.disable_adapter():
             assert not torch.allclose(plain(ids).logits, ours(ids).logits)  # the adapter is not a no-op
     assert (run.path / "checkpoints" / "checkpoint-4" / "rollout.safetensors").is_file()
+    from lowtune.cli import main
+
+    assert main(["merge", str(run.path), "--out", str(tmp_path / "merged"), "--dtype", "fp32"]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, plain(ids).logits, rtol=1e-4, atol=1e-4)
 
 
 def test_ppo_recipe_errors(tmp_path, reward_run):

@@ -1,0 +1,281 @@
+"""Toolformer's data augmentation (Schick et al. 2023, arXiv 2302.04761, Section 2 and Appendix A).
+
+For each text x and tool:
+
+1. Positions. With the tool's few-shot annotation prompt P(x) in front, the model's probability of
+   "[" before token i is read at every position in one forward pass; positions with
+   p("[" | P(x), x_<i) > tau_s are kept, at most the top k.
+2. Calls. At each kept position, up to m calls are sampled after "... x_<i [Tool(", stopping at ")";
+   a sample that never closes is dropped.
+3. Execution. Each call runs through `run_tool` (time limit; a failure is just no result).
+4. Filtering. With the call as a *prefix* of the text (the model has not yet learned calls inside
+   text), L_i(z) = -sum_j w_(j-i) log p(x_j | z, x_<j), weights w_t = max(0, 1 - 0.2 t) normalized.
+   L+ = L_i(call with result), L- = min(L_i(no call), L_i(call without result)); the call is kept when
+   L- - L+ >= tau_f. At most one call per position survives (the largest gain).
+
+All log-probabilities go through lowtune's `token_logprobs` (no [tokens x vocab] tensor), in batches.
+The call syntax is plain text — "[Calculator(400 / 1400) -> 0.29]" — so the vocabulary is unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from lowtune.kernels import token_logprobs
+from lowtune.tools import run_tool
+
+ARROW = "->"
+# Paper defaults (Appendix A): the calculator samples many positions cheaply, other tools fewer.
+PAPER_SETTINGS = {
+    "Calculator": dict(tau_s=0.0, tau_f=0.5, top_k=20, samples=10),
+    "default": dict(tau_s=0.05, tau_f=1.0, top_k=5, samples=5),
+}
+WEIGHT_SPAN = 5  # w_t = max(0, 1 - 0.2 t) is zero from t = 5 on
+
+
+@dataclass(frozen=True)
+class Call:
+    """One API call found in text: its character span, tool name, argument and result (None: no result)."""
+
+    start: int
+    end: int
+    tool: str
+    arg: str
+    result: str | None
+
+
+_CALL = re.compile(r"\[(?P<tool>[A-Za-z_][A-Za-z0-9_]*)\((?P<arg>[^\[\]()]*)\)(?:\s*->\s*(?P<result>[^\[\]]*?))?\s*\]")
+
+
+def parse_calls(text: str) -> list[Call]:
+    """Every well-formed call in `text`, in order. Malformed ones (unclosed, nested, no parentheses) are
+    left as plain text."""
+    if not isinstance(text, str):
+        return []
+    return [
+        Call(m.start(), m.end(), m.group("tool"), m.group("arg").strip(),
+             None if m.group("result") is None else m.group("result").strip())
+        for m in _CALL.finditer(text)
+    ]  # fmt: skip
+
+
+def format_call(tool: str, arg: str, result: str | None = None) -> str:
+    return f"[{tool}({arg})]" if result is None else f"[{tool}({arg}) {ARROW} {result}]"
+
+
+def strip_calls(text: str) -> str:
+    """The text without its calls (and the space before each)."""
+    out, last = [], 0
+    for call in parse_calls(text):
+        out.append(text[last : call.start].rstrip(" ") if call.start > last else "")
+        last = call.end
+    out.append(text[last:])
+    return "".join(out)
+
+
+def loss_weights(n: int) -> torch.Tensor:
+    """w_t = max(0, 1 - 0.2 t) for t = 0..n-1, normalized to sum 1 (the paper's weighting)."""
+    w = torch.clamp(1.0 - 0.2 * torch.arange(n, dtype=torch.float32), min=0.0)
+    return w / w.sum() if w.sum() > 0 else w
+
+
+def keep_call(loss_none: float, loss_no_result: float, loss_with_result: float, tau_f: float) -> bool:
+    """The filter: L- - L+ >= tau_f with L- = min(no call, call without result)."""
+    return min(loss_none, loss_no_result) - loss_with_result >= tau_f
+
+
+def annotation_prompt(tool, text: str) -> str:
+    """The few-shot prompt P(x) that asks the model to insert `tool` calls into `text`."""
+    shots = "\n\n".join(f"Input: {plain}\nOutput: {annotated}" for plain, annotated in tool.examples)
+    return (
+        f"Insert calls to the {tool.name} tool into the text where its result helps predict what follows. "
+        f"{tool.description} A call is written [{tool.name}(input) -> result].\n\n{shots}\n\nInput: {text}\nOutput:"
+    )
+
+
+@dataclass
+class ToolStats:
+    texts: int = 0
+    positions: int = 0
+    sampled: int = 0
+    executed: int = 0
+    kept: int = 0
+
+
+@dataclass
+class Augmented:
+    text: str
+    annotated: str
+    calls: list[dict] = field(default_factory=list)  # kept calls: tool, arg, result, position, gain
+
+
+class Augmenter:
+    """Runs the pipeline with one causal LM (any HF model or PeftModel) over texts, for several tools."""
+
+    def __init__(self, model, tokenizer, tools: list, settings: dict | None = None, batch_size: int = 8,
+                 max_arg_tokens: int = 24, temperature: float = 1.0, seed: int = 0):  # fmt: skip
+        self.model, self.tokenizer, self.tools = model, tokenizer, tools
+        self.settings = {t.name: {**PAPER_SETTINGS.get(t.name, PAPER_SETTINGS["default"]), **(settings or {})}
+                         for t in tools}  # fmt: skip
+        self.batch_size, self.max_arg_tokens, self.temperature = batch_size, max_arg_tokens, temperature
+        self.generator = torch.Generator().manual_seed(seed)
+        self.stats = {t.name: ToolStats() for t in tools}
+        vocab = tokenizer.get_vocab()
+        self.open_ids = sorted(
+            {i for tok, i in vocab.items() if tokenizer.convert_tokens_to_string([tok]).strip() == "["}
+        )
+        if not self.open_ids:
+            raise ValueError("the tokenizer has no token for '['; Toolformer's call syntax needs one")
+
+    # ------------------------------------------------------------ model access
+
+    @property
+    def device(self):
+        return self._head().weight.device
+
+    def _base(self):
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def _head(self):
+        return self._base().get_output_embeddings()
+
+    @torch.no_grad()
+    def _hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        return self._base().get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+
+    def _encode(self, texts: list[str], side: str = "right"):
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side=side, add_special_tokens=False)
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    # ------------------------------------------------------------ the pipeline
+
+    def augment(self, texts: list[str], progress=None) -> list[Augmented]:
+        out = []
+        for text in texts:
+            out.append(self.augment_one(text))
+            if progress:
+                progress()
+        return out
+
+    def _text_tokens(self, text: str) -> tuple[list[int], list[int]]:
+        """Token ids of the text as it follows the prompt (after one space), and each token's start in `text`."""
+        enc = self.tokenizer(" " + text, return_offsets_mapping=True, add_special_tokens=False)
+        return enc["input_ids"], [max(start - 1, 0) for start, _ in enc["offset_mapping"]]
+
+    def augment_one(self, text: str) -> Augmented:
+        tokens = self._text_tokens(text)
+        best: dict[int, dict] = {}  # character position -> the kept call with the largest gain there
+        for tool in self.tools:
+            cfg, stats = self.settings[tool.name], self.stats[tool.name]
+            stats.texts += 1
+            positions = self.positions(tool, text, tokens, cfg["tau_s"], cfg["top_k"])
+            stats.positions += len(positions)
+            calls = self.sample_calls(tool, text, tokens, positions, cfg["samples"])
+            stats.sampled += len(calls)
+            results = [(i, arg, run_tool(tool, arg)) for i, arg in calls]
+            results = [(i, arg, r) for i, arg, r in results if r is not None]
+            stats.executed += len(results)
+            for (i, arg, result), gain in zip(results, self.gains(tool, text, tokens, results), strict=True):
+                if gain >= cfg["tau_f"]:
+                    stats.kept += 1
+                    char = tokens[1][i]
+                    if char not in best or gain > best[char]["gain"]:
+                        best[char] = dict(tool=tool.name, arg=arg, result=result, position=i, gain=round(gain, 4))
+        annotated = text
+        for char in sorted(best, reverse=True):
+            c = best[char]
+            call = format_call(c["tool"], c["arg"], c["result"])
+            before = annotated[:char].rstrip(" ")
+            annotated = f"{before} {call} {annotated[char:].lstrip(' ')}" if before else f"{call} {annotated[char:]}"
+        return Augmented(text, annotated, [best[c] for c in sorted(best)])
+
+    def positions(self, tool, text: str, tokens, tau_s: float, top_k: int) -> list[int]:
+        """Token positions i (1..n-1) of `text` with p("[" | P(x), x_<i) > tau_s, the top k."""
+        text_ids = tokens[0]
+        if len(text_ids) < 2:
+            return []
+        prompt_ids = self.tokenizer(annotation_prompt(tool, ""), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + text_ids], device=self.device)
+        hidden = self._hidden(ids, torch.ones_like(ids))[0]
+        # the state at text token j-1 predicts what comes before text token j (j = 1..n-1)
+        states = hidden[len(prompt_ids) : len(prompt_ids) + len(text_ids) - 1]
+        head = self._head()
+        logps = torch.stack([
+            token_logprobs(states, head.weight, torch.full((len(states),), t, device=states.device), bias=head.bias)
+            for t in self.open_ids
+        ])  # fmt: skip
+        p_open = logps.logsumexp(0).exp()
+        order = torch.argsort(p_open, descending=True).tolist()
+        return [j + 1 for j in order if p_open[j] > tau_s][:top_k]
+
+    @torch.no_grad()
+    def sample_calls(self, tool, text: str, tokens, positions: list[int], samples: int) -> list[tuple[int, str]]:
+        """Up to `samples` arguments per position, sampled after "P(x) x_<i [Tool(" and closed by ")"."""
+        if not positions or samples < 1:
+            return []
+        prompt = annotation_prompt(tool, "")
+        prefixes = [f"{prompt} {text[: tokens[1][i]].rstrip(' ')} [{tool.name}(" for i in positions]
+        calls = []
+        for start in range(0, len(prefixes), max(1, self.batch_size // samples)):
+            chunk = prefixes[start : start + max(1, self.batch_size // samples)]
+            ids, mask = self._encode(chunk, side="left")
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0,
+                num_return_sequences=samples, max_new_tokens=self.max_arg_tokens,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            )  # fmt: skip
+            texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+            for k, generated in enumerate(texts):
+                arg, closed, _ = generated.partition(")")
+                if closed and "\n" not in arg and "[" not in arg:  # an empty argument is a call too (Calendar())
+                    calls.append((positions[start + k // samples], arg.strip()))
+        return list(dict.fromkeys(calls))  # the same argument sampled twice at a position runs once
+
+    @torch.no_grad()
+    def gains(self, tool, text: str, tokens, results: list[tuple[int, str, str]]) -> list[float]:
+        """L- - L+ for each executed call (i, arg, result)."""
+        if not results:
+            return []
+        prefixes = [""] + [
+            p for _, arg, r in results for p in (format_call(tool.name, arg), format_call(tool.name, arg, r))
+        ]
+        losses = self._weighted_losses(prefixes, text, tokens, sorted({i for i, _, _ in results}))
+        out = []
+        for k, (i, _, _) in enumerate(results):
+            none, no_result, with_result = losses[0][i], losses[1 + 2 * k][i], losses[2 + 2 * k][i]
+            out.append(min(none, no_result) - with_result)
+        return out
+
+    def _weighted_losses(self, prefixes: list[str], text: str, tokens, positions: list[int]) -> list[dict[int, float]]:
+        """For each prefix z: {i: L_i(z)} over the given token positions of `text`."""
+        text_ids = tokens[0]
+        weights = loss_weights(WEIGHT_SPAN)
+        head = self._head()
+        out = []
+        for start in range(0, len(prefixes), self.batch_size):
+            chunk = prefixes[start : start + self.batch_size]
+            prefix_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] if p else [] for p in chunk]
+            rows = [p + text_ids for p in prefix_ids]
+            width = max(len(r) for r in rows)
+            pad = self.tokenizer.pad_token_id
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
+            labels = torch.full_like(ids, -100)
+            for row, p in enumerate(prefix_ids):
+                labels[row, len(p) : len(p) + len(text_ids) - 1] = ids[row, len(p) + 1 : len(p) + len(text_ids)]
+            hidden = self._hidden(ids, mask)
+            logp = token_logprobs(hidden, head.weight, labels, bias=head.bias)  # logp[r, t] = log p(token t+1)
+            for row, p in enumerate(prefix_ids):
+                # log p(x_j | z, x_<j) for text token j sits at row position len(p) + j - 1
+                per_token = {j: logp[row, len(p) + j - 1].item() for j in range(1, len(text_ids))}
+                losses = {}
+                for i in positions:
+                    span = [j for j in range(i, min(i + WEIGHT_SPAN, len(text_ids)))]
+                    losses[i] = -sum(weights[j - i].item() * per_token[j] for j in span)
+                out.append(losses)
+        return out

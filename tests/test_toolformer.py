@@ -1,0 +1,99 @@
+"""Toolformer pieces: the call syntax, the loss weights and keep rule by hand, tool-augmented generation with a
+stub model, and the augmentation pipeline end to end on tiny-random."""
+
+import pytest
+import torch
+
+from lowtune.tools import Calculator, Calendar
+from lowtune.tools.augment import Augmenter, format_call, keep_call, loss_weights, parse_calls, strip_calls
+from lowtune.tools.generate import generate_with_tools
+
+
+def test_parse_calls():
+    text = "Out of 1400, 400 (or [Calculator(400 / 1400) -> 0.29] 29%) passed [Calendar()] today."
+    calls = parse_calls(text)
+    assert [(c.tool, c.arg, c.result) for c in calls] == [("Calculator", "400 / 1400", "0.29"), ("Calendar", "", None)]
+    assert text[calls[0].start : calls[0].end] == "[Calculator(400 / 1400) -> 0.29]"
+    assert strip_calls(text) == "Out of 1400, 400 (or 29%) passed today."
+    assert format_call("Calculator", "2 + 2", "4") == "[Calculator(2 + 2) -> 4]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[Calculator(1 + 2", "[Calculator 1 + 2]", "[(1+2) -> 3]", "[Calc(1 [x] 2) -> 3]", "]Calculator(1)[", "[[[[", "",
+     "[Calculator((1 + 2)) -> 3]", "[1Calc(2) -> 3]", "[Calculator(1) -> [2]]"],
+)  # fmt: skip
+def test_malformed_calls_are_plain_text(text):
+    assert parse_calls(text) == []
+    assert strip_calls(text) == text
+
+
+def test_loss_weights_and_keep_rule_by_hand():
+    # w~ = max(0, 1 - 0.2 t) = 1, .8, .6, .4, .2, 0 ... ; the sum of the first five is 3
+    torch.testing.assert_close(loss_weights(7), torch.tensor([1.0, 0.8, 0.6, 0.4, 0.2, 0.0, 0.0]) / 3.0)
+    # L- = min(L(no call) = 2.0, L(call without result) = 1.8) = 1.8; L+ = 1.2: gain 0.6
+    assert keep_call(2.0, 1.8, 1.2, tau_f=0.5)
+    assert not keep_call(2.0, 1.8, 1.2, tau_f=0.7)
+    assert not keep_call(1.0, 1.8, 1.2, tau_f=0.0)  # the call does not beat having no call at all
+
+
+class StubModel(torch.nn.Module):
+    """Writes the given segments, one per generate() call, whatever the input: a model that calls a tool.
+    It records the text it was given each time."""
+
+    def __init__(self, tokenizer, segments: list[str]):
+        super().__init__()
+        self.tokenizer, self.segments, self.inputs = tokenizer, list(segments), []
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def generate(self, input_ids, max_new_tokens, **kwargs):
+        self.inputs.append(self.tokenizer.decode(input_ids[0]))
+        segment = self.segments.pop(0) if self.segments else ""
+        new = self.tokenizer(segment, add_special_tokens=False)["input_ids"][:max_new_tokens]
+        return torch.cat([input_ids, torch.tensor([new], dtype=torch.long)], dim=1)
+
+
+def test_generation_runs_the_tool_and_continues(tiny_path):
+    from lowtune import models
+
+    tokenizer = models.load_tokenizer(str(tiny_path))
+    stub = StubModel(tokenizer, ["12 * 24 is [Calculator(12 * 24) ->", " so the answer is 288."])
+    reply, calls = generate_with_tools(stub, tokenizer, "What is 12 * 24?", [Calculator()])
+    assert calls == [{"tool": "Calculator", "arg": "12 * 24", "result": "288"}]
+    assert reply == "12 * 24 is [Calculator(12 * 24) -> 288] so the answer is 288."
+    assert stub.inputs[1].endswith("12 * 24 is [Calculator(12 * 24) -> 288]")  # the result was fed back
+    stub = StubModel(tokenizer, ["[Unknown(1) ->", " done."])
+    reply, calls = generate_with_tools(stub, tokenizer, "hi", [Calculator()])
+    assert calls == [{"tool": "Unknown", "arg": "1", "result": None}] and reply.startswith("[Unknown(1) ->]")
+    stub = StubModel(tokenizer, ["a ->", " b and on."])  # an arrow that is no call: decoding goes on
+    reply, calls = generate_with_tools(stub, tokenizer, "hi", [Calculator()])
+    assert calls == [] and reply == "a -> b and on."
+
+
+def test_pipeline_end_to_end_on_tiny_random(tiny_path):
+    from transformers import AutoModelForCausalLM
+
+    from lowtune import models
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_path)).eval()
+    tokenizer = models.load_tokenizer(str(tiny_path))
+    import datetime as dt
+
+    augmenter = Augmenter(
+        model, tokenizer, [Calculator(), Calendar(dt.date(2023, 1, 30))],
+        settings=dict(tau_s=0.0, tau_f=-100.0, top_k=3, samples=2), batch_size=4,
+    )  # fmt: skip
+    texts = ["Tom buys 12 pens at 3 dollars each and pays 36 dollars.", "The shop opened 5 days ago."]
+    results = augmenter.augment(texts)
+    stats = augmenter.stats["Calculator"]
+    assert stats.texts == 2 and stats.positions == 6  # top 3 positions in each text (tau_s = 0)
+    assert stats.sampled >= stats.executed >= stats.kept
+    for result in results:
+        assert strip_calls(result.annotated) == result.text  # only calls were inserted
+        assert len(parse_calls(result.annotated)) == len(result.calls)
+    # a calendar call needs no argument the model must invent; with tau_f = -100 executed calls are all kept
+    assert augmenter.stats["Calendar"].kept == augmenter.stats["Calendar"].executed
