@@ -33,6 +33,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
+    p.add_argument("--tools", help="comma-separated tools the model may call inline, e.g. calculator")
+    p.add_argument("--max-calls", type=int, default=1, help="tool calls per reply")
+    p.add_argument("--trigger-top-k", type=int, help='start a call whenever "[" is among the k most likely tokens')
+
+    p = sub.add_parser("augment", help="Toolformer: annotate texts with the tool calls that help predict them")
+    p.add_argument("model", help="run directory, adapter directory, builtin name, local model or hub id")
+    p.add_argument("--data", default="arithmetic-text", help="arithmetic-text, or .jsonl of {text} or GSM8K rows")
+    p.add_argument("--n", type=int, help="texts to annotate (default: all; 200 for arithmetic-text)")
+    p.add_argument("--tools", default="calculator", help="comma-separated builtin names or module:attribute")
+    p.add_argument("--out", required=True, help="output .jsonl: text, annotated, calls")
+    for flag, kind, text in [
+        ("--tau-s", float, "keep positions with p('[') above this"),
+        ("--tau-f", float, "keep calls whose loss reduction is at least this"),
+        ("--top-k", int, "positions per text"),
+        ("--samples", int, "calls sampled per position"),
+    ]:
+        p.add_argument(flag, type=kind, help=text + " (default: the paper's per tool)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
     p = sub.add_parser("eval", help="greedy accuracy on a held-out verifiable task")
     p.add_argument("model", help="run directory, adapter directory, builtin name, local model or hub id")
     p.add_argument("--task", default="arithmetic", choices=["arithmetic"])
@@ -178,6 +197,21 @@ def cmd_generate(args) -> int:
     from lowtune import evaluate, models, ui
 
     model, tokenizer, name = models.load_for_inference(args.model, args.device, say=ui.say)
+    if args.tools:
+        from rich.markup import escape
+
+        from lowtune.tools import load_tool
+        from lowtune.tools.generate import generate_with_tools
+
+        tools = [load_tool(t) for t in args.tools.split(",") if t.strip()]
+        for prompt in args.prompt:
+            reply, calls = generate_with_tools(
+                model, tokenizer, prompt, tools, args.max_new_tokens, args.max_calls, args.trigger_top_k
+            )
+            ui.console.print(f"[bold]user:[/] {escape(prompt)}\n[bold]assistant:[/] {escape(reply)}")
+            for call in calls:
+                ui.say(f"called {call['tool']}({call['arg']}) -> {call['result']}")
+        return 0
     replies = evaluate.generate(
         model,
         tokenizer,
@@ -188,6 +222,50 @@ def cmd_generate(args) -> int:
     )
     for prompt, reply in zip(args.prompt, replies, strict=True):
         ui.console.print(f"[bold]user:[/] {prompt}\n[bold]assistant:[/] {reply}")
+    return 0
+
+
+def cmd_augment(args) -> int:
+    import json
+
+    from lowtune import models, ui
+    from lowtune.data.arithmetic_text import load_texts
+    from lowtune.tools import load_tool
+    from lowtune.tools.augment import Augmenter, agreement, char_to_token
+
+    out = Path(args.out)
+    if out.exists():
+        raise LowtuneError(f"--out {out} exists; lowtune never overwrites, choose a new file")
+    tools = [load_tool(t) for t in args.tools.split(",") if t.strip()]
+    texts, human = load_texts(args.data, args.n)
+    model, tokenizer, name = models.load_for_inference(args.model, args.device, say=ui.say)
+    chosen = {"tau_s": args.tau_s, "tau_f": args.tau_f, "top_k": args.top_k, "samples": args.samples}
+    augmenter = Augmenter(model, tokenizer, tools, {k: v for k, v in chosen.items() if v is not None})
+    rows, near_kept, near_human, n_human = [], 0, 0, 0
+    with ui.progress_bar("augment", len(texts)) as advance:
+        for text, positions in zip(texts, human, strict=True):
+            result = augmenter.augment_one(text)
+            rows.append({"text": result.text, "annotated": result.annotated, "calls": result.calls})
+            if positions:
+                starts = augmenter._text_tokens(text)[1]
+                a, b = agreement([c["position"] for c in result.calls], [char_to_token(starts, p) for p in positions])
+                near_kept, near_human, n_human = near_kept + a, near_human + b, n_human + len(positions)
+            advance()
+    tmp = out.with_name(f".{out.name}.partial")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(out)
+    ui.table(
+        "tool calls",
+        ["tool", "texts", "positions sampled", "calls sampled", "executed", "kept"],
+        [[n, str(s.texts), str(s.positions), str(s.sampled), str(s.executed), str(s.kept)]
+         for n, s in augmenter.stats.items()],
+    )  # fmt: skip
+    summary = [("model", name), ("texts", str(len(rows))), ("written", str(out))]
+    if n_human:
+        kept = sum(len(r["calls"]) for r in rows)
+        summary += [("kept calls within 2 tokens of a human call", f"{near_kept} of {kept}"),
+                    ("human calls with a kept call within 2 tokens", f"{near_human} of {n_human}")]  # fmt: skip
+    ui.summary_table("lowtune augment", summary)
     return 0
 
 
@@ -331,6 +409,7 @@ def cmd_recipes(args) -> int:
 COMMANDS = {
     "train": cmd_train,
     "generate": cmd_generate,
+    "augment": cmd_augment,
     "eval": cmd_eval,
     "score": cmd_score,
     "merge": cmd_merge,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -84,3 +85,13 @@ def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for r in rows:
         t.add_row(*r)
     console.print(t)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int):
+    """A rich progress bar for a loop of `total` items; yields the function that advances it by one."""
+    progress = Progress(TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=console)  # fmt: skip
+    task = progress.add_task(description, total=total)
+    with progress:
+        yield lambda: progress.advance(task)

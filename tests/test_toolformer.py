@@ -97,3 +97,51 @@ def test_pipeline_end_to_end_on_tiny_random(tiny_path):
         assert len(parse_calls(result.annotated)) == len(result.calls)
     # a calendar call needs no argument the model must invent; with tau_f = -100 executed calls are all kept
     assert augmenter.stats["Calendar"].kept == augmenter.stats["Calendar"].executed
+
+
+def test_agreement_and_gsm8k_positions():
+    from lowtune.data.arithmetic_text import gsm8k_text
+    from lowtune.tools.augment import agreement, char_to_token
+
+    assert agreement(kept=[5, 20], human=[3, 30, 31]) == (1, 1)  # 5 is within 2 of 3; 20 is near nothing
+    text, human = gsm8k_text("Q?", "She makes 9 * 2 = $<<9*2=18>>18 a day.\n#### 18")
+    assert text == "Q?\nShe makes 9 * 2 = $18 a day.\nThe answer is 18." and text[human[0] :].startswith("18 a day")
+    assert char_to_token([0, 3, 7, 10], 7) == 2 and char_to_token([0, 3, 7, 10], 8) == 3
+
+
+def test_word_problems_are_held_out_from_the_texts():
+    from lowtune.data.arithmetic_text import texts, word_problems
+
+    problems = word_problems(500)
+    assert len({p.question for p in problems}) > 400 and all(p.answer == eval(p.expression) for p in problems)  # noqa: S307
+    numbers = {tuple(p.expression.split()[::2]) for p in problems}
+    for story in texts(300, seed=1):
+        found = [w for w in story.replace(",", " ").replace(".", " ").split() if w.isdigit()]
+        assert tuple(found[:2]) not in numbers or len(found) < 2
+
+
+def test_augment_and_generate_cli(tmp_path, tiny_path, capsys):
+    import json
+
+    from lowtune.cli import main
+
+    out = tmp_path / "aug.jsonl"
+    args = ["augment", "tiny-random", "--n", "2", "--top-k", "2", "--samples", "2", "--out", str(out)]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(strip_calls(r["annotated"]) == r["text"] for r in rows)
+    assert "positions sampled" in capsys.readouterr().out
+    assert main(args) == 2 and "never overwrites" in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"question": 1}\n')
+    assert main(["augment", "tiny-random", "--data", str(bad), "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().out
+    assert main(["augment", "tiny-random", "--tools", "calculater", "--out", str(tmp_path / "y.jsonl")]) == 2
+    assert "did you mean calculator" in capsys.readouterr().out
+    assert (
+        main(
+            ["generate", "tiny-random", "--prompt", "What is 2 + 2?", "--tools", "calculator", "--max-new-tokens", "4"]
+        )
+        == 0
+    )
+    assert "assistant:" in capsys.readouterr().out

@@ -12,8 +12,13 @@ never share a problem.
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from dataclasses import dataclass
+from pathlib import Path
+
+from lowtune.errors import LowtuneError
 
 NAMES = ["Tom", "Ana", "Li", "Sara", "Omar", "Maya", "Ivan", "Zoe", "Ken", "Lea"]
 ITEMS = ["pens", "apples", "books", "stamps", "shells", "cards", "boxes", "tickets", "plants", "coins"]
@@ -83,3 +88,65 @@ def texts(n: int, digits: int = 3, seed: int = 0, heldout: int = 500) -> list[st
         if f"{a} {op} {b}" not in reserved:
             out.append(story)
     return out
+
+
+_GSM8K_CALL = re.compile(r"<<[^<>]*>>")
+
+
+def gsm8k_text(question: str, answer: str) -> tuple[str, list[int]]:
+    """A GSM8K row as plain text (question, then the solution with its `<<48/2=24>>` calculator annotations
+    removed and `#### n` written out), and the character positions where the annotators put a call
+    (right before the result they computed)."""
+    solution, _, final = answer.partition("####")
+    text, positions, last = question.strip() + "\n", [], 0
+    for match in _GSM8K_CALL.finditer(solution):
+        text += solution[last : match.start()]
+        positions.append(len(text))
+        last = match.end()
+    text += solution[last:].rstrip()
+    if final.strip():
+        text += f"\nThe answer is {final.strip()}."
+    return text, positions
+
+
+def load_texts(source: str, n: int | None = None, seed: int = 0, digits: int = 3) -> tuple[list[str], list[list[int]]]:
+    """Texts to augment, and per text the human call positions (GSM8K; empty lists otherwise).
+
+    `source`: `arithmetic-text` (the builtin stories), or a .jsonl file of {"text"} rows or of GSM8K
+    {"question", "answer"} rows. A bad row names its file and line."""
+    if source == "arithmetic-text":
+        count = n or 200
+        return texts(count, digits, seed), [[] for _ in range(count)]
+    path = Path(source)
+    if not path.is_file():
+        raise LowtuneError(f"texts {source}: neither `arithmetic-text` nor a .jsonl file")
+    out, human = [], []
+    with path.open(encoding="utf-8", errors="strict") as f:
+        try:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise LowtuneError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+                if isinstance(row, dict) and isinstance(row.get("text"), str):
+                    out.append(row["text"])
+                    human.append([])
+                elif (
+                    isinstance(row, dict)
+                    and isinstance(row.get("question"), str)
+                    and isinstance(row.get("answer"), str)
+                ):
+                    text, positions = gsm8k_text(row["question"], row["answer"])
+                    out.append(text)
+                    human.append(positions)
+                else:
+                    raise LowtuneError(f'{path}:{number}: a row needs "text", or "question" and "answer" (GSM8K)')
+                if n is not None and len(out) >= n:
+                    break
+        except UnicodeDecodeError as e:
+            raise LowtuneError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if not out:
+        raise LowtuneError(f"{path}: no rows")
+    return out, human

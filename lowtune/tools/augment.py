@@ -226,8 +226,9 @@ class Augmenter:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0,
-                num_return_sequences=samples, max_new_tokens=self.max_arg_tokens,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                num_return_sequences=samples, max_new_tokens=self.max_arg_tokens, stop_strings=[")", "]", "\n"],
+                tokenizer=self.tokenizer, pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
             )  # fmt: skip
             texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
             for k, generated in enumerate(texts):
@@ -279,3 +280,17 @@ class Augmenter:
                     losses[i] = -sum(weights[j - i].item() * per_token[j] for j in span)
                 out.append(losses)
         return out
+
+
+def agreement(kept: list[int], human: list[int], window: int = 2) -> tuple[int, int]:
+    """(kept calls within `window` tokens of a human call position, human positions with a kept call within
+    `window` tokens); positions are token indices."""
+    near = lambda a, bs: any(abs(a - b) <= window for b in bs)  # noqa: E731
+    return sum(near(k, human) for k in kept), sum(near(h, kept) for h in human)
+
+
+def char_to_token(starts: list[int], char: int) -> int:
+    """The index of the token that starts at or after character `char` (a call inserted there precedes it)."""
+    import bisect
+
+    return bisect.bisect_left(starts, char)
