@@ -311,3 +311,12 @@ def test_ppo_recipe_errors(tmp_path, reward_run):
     sft_run, _ = recipes.train(load_recipe(None, [*sft, f"output.dir={tmp_path}"]))
     with pytest.raises(LowtuneError, match="not a reward model adapter"):
         recipes.train(load_recipe(None, [*PPO, f"output.dir={tmp_path}", f"rewards.model={sft_run.path}"]))
+
+
+@pytest.mark.parametrize("setting", ["model.quantization=nf4", "model.gradient_checkpointing=true"])
+def test_ppo_on_a_4bit_base_and_with_gradient_checkpointing(tmp_path, setting):
+    recipe = load_recipe(None, [*PPO, f"output.dir={tmp_path}", "train.max_steps=4", setting])
+    run, summary = recipes.train(recipe)
+    assert summary["steps"] == 4 and (run.path / "adapter" / "adapter_model.safetensors").is_file()
+    if "nf4" in setting:
+        assert summary["quantization"] == "nf4"

@@ -12,7 +12,6 @@ never share a problem.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -78,16 +77,21 @@ def word_problems(n: int = 100, digits: int = 3) -> list[WordProblem]:
     return out
 
 
-def texts(n: int, digits: int = 3, seed: int = 0, heldout: int = 500) -> list[str]:
-    """`n` stories with arithmetic, none built on a held-out word problem's numbers."""
-    reserved = {(p.expression) for p in word_problems(heldout, digits)}
+def story_problems(n: int, digits: int = 3, seed: int = 0, heldout: int = 500) -> list[tuple[str, str, int]]:
+    """`n` (question, story, answer) triples sharing their numbers, none built on a held-out word problem."""
+    reserved = {p.expression for p in word_problems(heldout, digits)}
     rng = random.Random(seed)
     out = []
     while len(out) < n:
-        op, (a, b), story, _, _ = _draw(rng, digits)
+        op, (a, b), story, question, r = _draw(rng, digits)
         if f"{a} {op} {b}" not in reserved:
-            out.append(story)
+            out.append((question, story, r))
     return out
+
+
+def texts(n: int, digits: int = 3, seed: int = 0, heldout: int = 500) -> list[str]:
+    """`n` stories with arithmetic, none built on a held-out word problem's numbers."""
+    return [story for _, story, _ in story_problems(n, digits, seed, heldout)]
 
 
 _GSM8K_CALL = re.compile(r"<<[^<>]*>>")
@@ -117,36 +121,24 @@ def load_texts(source: str, n: int | None = None, seed: int = 0, digits: int = 3
     if source == "arithmetic-text":
         count = n or 200
         return texts(count, digits, seed), [[] for _ in range(count)]
+    from lowtune.data import READERS, _read, _suffix
+
     path = Path(source)
-    if not path.is_file():
-        raise LowtuneError(f"texts {source}: neither `arithmetic-text` nor a .jsonl file")
+    if not path.is_file() or _suffix(path) not in READERS:
+        raise LowtuneError(f"texts {source}: neither `arithmetic-text` nor a data file (.jsonl, .json, .csv, .parquet)")
     out, human = [], []
-    with path.open(encoding="utf-8", errors="strict") as f:
-        try:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise LowtuneError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-                if isinstance(row, dict) and isinstance(row.get("text"), str):
-                    out.append(row["text"])
-                    human.append([])
-                elif (
-                    isinstance(row, dict)
-                    and isinstance(row.get("question"), str)
-                    and isinstance(row.get("answer"), str)
-                ):
-                    text, positions = gsm8k_text(row["question"], row["answer"])
-                    out.append(text)
-                    human.append(positions)
-                else:
-                    raise LowtuneError(f'{path}:{number}: a row needs "text", or "question" and "answer" (GSM8K)')
-                if n is not None and len(out) >= n:
-                    break
-        except UnicodeDecodeError as e:
-            raise LowtuneError(f"{path}: not UTF-8 text ({e.reason})") from None
+    for where, row in _read(path):  # any data format lowtune reads; a bad row names its file and line
+        if isinstance(row.get("text"), str):
+            out.append(row["text"])
+            human.append([])
+        elif isinstance(row.get("question"), str) and isinstance(row.get("answer"), str):
+            text, positions = gsm8k_text(row["question"], row["answer"])
+            out.append(text)
+            human.append(positions)
+        else:
+            raise LowtuneError(f'{where}: a row needs "text", or "question" and "answer" (GSM8K)')
+        if n is not None and len(out) >= n:
+            break
     if not out:
         raise LowtuneError(f"{path}: no rows")
     return out, human
