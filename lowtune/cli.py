@@ -231,7 +231,7 @@ def cmd_augment(args) -> int:
     from lowtune import models, ui
     from lowtune.data.arithmetic_text import load_texts
     from lowtune.tools import load_tool
-    from lowtune.tools.augment import Augmenter, agreement, char_to_token
+    from lowtune.tools.augment import Augmenter
 
     out = Path(args.out)
     if out.exists():
@@ -247,8 +247,7 @@ def cmd_augment(args) -> int:
             result = augmenter.augment_one(text)
             rows.append({"text": result.text, "annotated": result.annotated, "calls": result.calls})
             if positions:
-                starts = augmenter._text_tokens(text)[1]
-                a, b = agreement([c["position"] for c in result.calls], [char_to_token(starts, p) for p in positions])
+                a, b = augmenter.agreement(result, positions)
                 near_kept, near_human, n_human = near_kept + a, near_human + b, n_human + len(positions)
             advance()
     tmp = out.with_name(f".{out.name}.partial")

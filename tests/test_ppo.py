@@ -182,7 +182,7 @@ def test_kl_is_zero_at_the_first_rollout(tmp_path):
     rows = [trainer.train_dataset[i] for i in range(8)]
     rollout = trainer._make_rollout(rows)
     assert trainer._metrics["kl"] == [0.0]
-    ref = torch.cat([trainer._logprobs("reference", rollout, int(rollout["prompt_width"]))])
+    ref = trainer._logprobs("reference", rollout, int(rollout["prompt_width"]))
     torch.testing.assert_close(ref, rollout["logp"], rtol=0, atol=0)
     assert rollout["mask"].sum() > 0 and (rollout["logp"][rollout["mask"] == 0] == 0).all()
 

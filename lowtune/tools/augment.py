@@ -76,6 +76,16 @@ def strip_calls(text: str) -> str:
     return "".join(out)
 
 
+def open_bracket_ids(tokenizer) -> list[int]:
+    """The vocabulary's tokens that read as "[" (with or without a leading space): how a call starts."""
+    ids = sorted(
+        {i for tok, i in tokenizer.get_vocab().items() if tokenizer.convert_tokens_to_string([tok]).strip() == "["}
+    )
+    if not ids:
+        raise ValueError("the tokenizer has no token for '['; Toolformer's call syntax needs one")
+    return ids
+
+
 def loss_weights(n: int) -> torch.Tensor:
     """w_t = max(0, 1 - 0.2 t) for t = 0..n-1, normalized to sum 1 (the paper's weighting)."""
     w = torch.clamp(1.0 - 0.2 * torch.arange(n, dtype=torch.float32), min=0.0)
@@ -123,12 +133,7 @@ class Augmenter:
         self.batch_size, self.max_arg_tokens, self.temperature = batch_size, max_arg_tokens, temperature
         self.generator = torch.Generator().manual_seed(seed)
         self.stats = {t.name: ToolStats() for t in tools}
-        vocab = tokenizer.get_vocab()
-        self.open_ids = sorted(
-            {i for tok, i in vocab.items() if tokenizer.convert_tokens_to_string([tok]).strip() == "["}
-        )
-        if not self.open_ids:
-            raise ValueError("the tokenizer has no token for '['; Toolformer's call syntax needs one")
+        self.open_ids = open_bracket_ids(tokenizer)
 
     # ------------------------------------------------------------ model access
 
@@ -165,6 +170,11 @@ class Augmenter:
         """Token ids of the text as it follows the prompt (after one space), and each token's start in `text`."""
         enc = self.tokenizer(" " + text, return_offsets_mapping=True, add_special_tokens=False)
         return enc["input_ids"], [max(start - 1, 0) for start, _ in enc["offset_mapping"]]
+
+    def agreement(self, result: Augmented, human_chars: list[int], window: int = 2) -> tuple[int, int]:
+        """`agreement` of `result`'s kept calls with human call positions given as characters of its text."""
+        starts = self._text_tokens(result.text)[1]
+        return agreement([c["position"] for c in result.calls], [char_to_token(starts, p) for p in human_chars], window)
 
     def augment_one(self, text: str) -> Augmented:
         tokens = self._text_tokens(text)

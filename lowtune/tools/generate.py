@@ -14,6 +14,7 @@ import re
 import torch
 
 from lowtune.tools import run_tool
+from lowtune.tools.augment import open_bracket_ids
 
 _OPEN_CALL = re.compile(r"\[(?P<tool>[A-Za-z_][A-Za-z0-9_]*)\((?P<arg>[^\[\]()]*)\)\s*->\s*$")
 
@@ -59,9 +60,7 @@ def generate_with_tools(
     ]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
-    open_ids = sorted(
-        {i for tok, i in tokenizer.get_vocab().items() if tokenizer.convert_tokens_to_string([tok]).strip() == "["}
-    )
+    open_ids = open_bracket_ids(tokenizer) if trigger_top_k else []
     reply, calls, stop_at_arrow = "", [], True
     while True:
         reply_ids = tokenizer(reply, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
