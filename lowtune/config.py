@@ -1,7 +1,7 @@
 """Recipe schema: typed dataclasses, YAML loading, `a.b=c` overrides, validation.
 
-A recipe is one YAML file with the sections `method`, `model`, `lora`, `data`, `train`, `eval`
-and `output`. Every field below is documented where it is declared (`lowtune recipes --explain`
+A recipe is one YAML file with the sections `method`, `model`, `lora`, `data`, `train`, `rewards`,
+`eval`, `budget` and `output`. Every field below is documented where it is declared (`lowtune recipes --explain`
 prints them). The `train` section is passed through to TRL's config class for the method
 (e.g. `trl.SFTConfig`), so every TRL/transformers training argument works there and is checked
 against that class.
@@ -147,6 +147,26 @@ class EvalConfig:
     operands: int | None = _doc("operands per problem (default: data.operands)", default=None)
     max_new_tokens: int = _doc("generation budget per answer (the base model reasons at length)", default=128)
     batch_size: int = _doc("problems generated at once", default=50)
+    tools: list[str] = _doc(
+        "tools the model may call while answering (tool-augmented generation, one problem at a time): "
+        "builtin names (calculator, calendar, search) or module:attr",
+        default_factory=list,
+    )
+    before: bool = _doc("also score the base model before training (off saves a minute when it is known)", default=True)
+    every_minutes: float | None = _doc(
+        "also score the held-out task every this many minutes of training (an accuracy-vs-time curve in "
+        "metrics.jsonl and summary.json); evaluation time is not counted as training time",
+        default=None,
+    )
+
+
+@dataclass
+class BudgetConfig:
+    minutes: float | None = _doc(
+        "stop training after this many minutes of training time (periodic evaluations excluded) and save "
+        "the adapter as at the end of train.max_steps, which still caps the run; counted per invocation",
+        default=None,
+    )
 
 
 @dataclass
@@ -168,6 +188,7 @@ class Recipe:
     train: dict[str, Any] = _doc("fields of TRL's config class for the method, passed through", default_factory=dict)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -338,6 +359,8 @@ def _check_choices(recipe: Recipe, at) -> None:
         if value not in valid:
             raise LowtuneError(f"{at(dotted)}: {dotted} is {value!r}; choose one of {', '.join(valid)}")
     positive = {"lora.r": recipe.lora.r, "eval.n": recipe.eval.n, "data.n_train": recipe.data.n_train}
+    positive |= {k: v for k, v in (("eval.every_minutes", recipe.eval.every_minutes),
+                                   ("budget.minutes", recipe.budget.minutes)) if v is not None}  # fmt: skip
     for dotted, value in positive.items():
         if value <= 0:
             raise LowtuneError(f"{at(dotted)}: {dotted} must be positive, got {value}")
@@ -346,6 +369,14 @@ def _check_choices(recipe: Recipe, at) -> None:
         value = getattr(getattr(recipe, section), key)
         if value is not None and not 2 <= value <= 4:
             raise LowtuneError(f"{at(dotted)}: {dotted} must be 2..4, got {value}")
+    from lowtune.tools import BUILTIN as TOOLS
+
+    for tool in recipe.eval.tools:
+        if ":" not in tool and tool.lower() not in TOOLS:
+            raise LowtuneError(
+                f"{at('eval.tools')}: unknown tool {tool}{did_you_mean(tool.lower(), TOOLS)}; "
+                "a user tool is module.path:attribute"
+            )
     heldout = recipe.data.heldout
     if heldout is not None and (heldout < 0 or (isinstance(heldout, float) and heldout >= 1)):
         raise LowtuneError(f"{at('data.heldout')}: data.heldout is a row count or a fraction in [0, 1), got {heldout}")

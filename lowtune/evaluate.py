@@ -61,6 +61,7 @@ class EvalResult:
     accuracy: float
     n: int
     examples: list[tuple[str, str, int]]  # (question, reply, reference)
+    replies_with_a_call: int | None = None  # with tools: how many replies called one
 
 
 def arithmetic_accuracy(
@@ -73,15 +74,24 @@ def arithmetic_accuracy(
     batch_size: int = 50,
     system_prompt: str | None = None,
     operands: int = 2,
+    tools: list | None = None,
 ) -> EvalResult:
-    """Greedy accuracy on the first `n` held-out arithmetic problems."""
+    """Greedy accuracy on the first `n` held-out arithmetic problems; with `tools`, the model may call
+    them while answering (`lowtune.tools.generate.generate_with_tools`, one problem at a time)."""
     problems = arithmetic.heldout(n, digits, operations, operands)
+    questions = [p.question for p in problems]
     was_training = model.training
     model.eval()
-    replies = generate(
-        model, tokenizer, [p.question for p in problems], max_new_tokens, batch_size, system_prompt=system_prompt
-    )
+    calls = None
+    if tools:
+        from lowtune.tools.generate import generate_with_tools
+
+        answered = [generate_with_tools(model, tokenizer, q, tools, max_new_tokens, system_prompt=system_prompt)
+                    for q in questions]  # fmt: skip
+        replies, calls = [r for r, _ in answered], sum(bool(c) for _, c in answered)
+    else:
+        replies = generate(model, tokenizer, questions, max_new_tokens, batch_size, system_prompt=system_prompt)
     model.train(was_training)
     correct = sum(to_number(extract_answer(r)) == p.answer for p, r in zip(problems, replies, strict=True))
     examples = [(p.question, r, p.answer) for p, r in zip(problems, replies, strict=True)]
-    return EvalResult(correct / len(problems), len(problems), examples)
+    return EvalResult(correct / len(problems), len(problems), examples, calls)

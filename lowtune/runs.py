@@ -82,7 +82,12 @@ class RunDir:
         return run
 
     def callback(self) -> TrainerCallback:
-        return _MetricsCallback(self.metrics)
+        return _MetricsCallback(self)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one line to metrics.jsonl, stamped with the wall-clock time."""
+        with self.metrics.open("a") as f:
+            f.write(json.dumps({"step": record.get("step"), "time": round(time.time(), 3), **record}) + "\n")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         _write_atomic(self.summary, json.dumps(summary, indent=2) + "\n")
@@ -91,14 +96,12 @@ class RunDir:
 class _MetricsCallback(TrainerCallback):
     """Append one JSON line per logging step."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, run: RunDir):
+        self.run = run
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and state.is_world_process_zero:
-            record = {"step": state.global_step, "time": round(time.time(), 3), **logs}
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.run.log({"step": state.global_step, **logs})
 
 
 def peak_memory_mb(device: torch.device) -> float:

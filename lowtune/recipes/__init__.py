@@ -11,10 +11,12 @@ import importlib
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from lowtune import evaluate, models, ui
 from lowtune.config import Recipe, train_config_class
@@ -126,8 +128,44 @@ def trl_args(recipe: Recipe, run: RunDir):
         raise LowtuneError(f"train: {e}") from None
 
 
-def fit(trainer, run: RunDir, recipe: Recipe) -> dict[str, Any]:
-    """Train with a progress bar and metrics.jsonl; return timing, throughput and memory figures."""
+class Clock(TrainerCallback):
+    """Training time with periodic evaluations left out: runs `evaluate` every `every_s` seconds of
+    it (recipe `eval.every_minutes`) and stops the run once `budget_s` are spent (`budget.minutes`)."""
+
+    def __init__(self, evaluate: Callable[[], dict | None] | None, every_s: float | None, budget_s: float | None, run):
+        self.evaluate, self.every_s, self.budget_s, self.run = evaluate, every_s, budget_s, run
+        self.start = time.perf_counter()
+        self.paused = 0.0  # seconds spent evaluating
+        self.curve: list[dict[str, Any]] = []
+        self.out_of_budget = False
+
+    def training_seconds(self) -> float:
+        return time.perf_counter() - self.start - self.paused
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.paused = time.perf_counter(), 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        seconds = self.training_seconds()
+        if self.budget_s is not None and seconds >= self.budget_s:
+            self.out_of_budget = True
+            control.should_training_stop = True
+        elif self.every_s and self.evaluate is not None and seconds >= self.every_s * (len(self.curve) + 1):
+            began = time.perf_counter()
+            result = self.evaluate()
+            self.paused += time.perf_counter() - began
+            if result is not None:
+                point = {"step": state.global_step, "train_time_s": round(seconds, 1)}
+                self.curve.append({**point, "accuracy": result["accuracy"]})
+                self.run.log({**point, "eval_accuracy": result["accuracy"]})
+        return control
+
+
+def fit(trainer, run: RunDir, recipe: Recipe, evaluate: Callable[[], dict | None] | None = None) -> dict[str, Any]:
+    """Train with a progress bar and metrics.jsonl; return timing, throughput and memory figures.
+
+    `evaluate` (the held-out score of the model being trained) runs every `eval.every_minutes`.
+    """
     from transformers.trainer_callback import PrinterCallback
 
     device = models.resolve_device(recipe.model)
@@ -136,6 +174,9 @@ def fit(trainer, run: RunDir, recipe: Recipe) -> dict[str, Any]:
     trainer.add_callback(run.callback())
     guard = Guard()
     trainer.add_callback(guard)
+    every, budget = recipe.eval.every_minutes, recipe.budget.minutes
+    clock = Clock(evaluate, every and every * 60, budget and budget * 60, run)
+    trainer.add_callback(clock)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -151,7 +192,7 @@ def fit(trainer, run: RunDir, recipe: Recipe) -> dict[str, Any]:
             f"model.quantization=nf4; for GRPO lower train.num_generations or train.max_completion_length. "
             + (f"Continue with `lowtune train --resume {run.path} ...`" if last else "No checkpoint was saved yet.")
         ) from None
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - clock.paused  # training time, periodic evaluations left out
     state = trainer.state
     last = run.last_checkpoint()
     kept = f"the last checkpoint is {last}" if last else "no checkpoint was saved yet"
@@ -183,20 +224,27 @@ def fit(trainer, run: RunDir, recipe: Recipe) -> dict[str, Any]:
         "tokens": int(state.num_input_tokens_seen),
         "tokens_per_s": round(state.num_input_tokens_seen / seconds, 1),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "device": device.type,
         "quantization": models.resolve_quantization(recipe.model, device),
+        "eval_time_s": round(clock.paused, 2),
+        "eval_during": clock.curve,
+        "stopped_by_budget": clock.out_of_budget,
     }
 
 
-def heldout_accuracy(model, tokenizer, recipe: Recipe) -> dict[str, Any] | None:
-    """Greedy accuracy on the recipe's held-out task, or None when `eval.task` is null."""
+def heldout_accuracy(model, tokenizer, recipe: Recipe, before: bool = False) -> dict[str, Any] | None:
+    """Greedy accuracy on the recipe's held-out task, or None when `eval.task` is null (or, for the
+    score `before` training, when `eval.before` is off)."""
     cfg = recipe.eval
-    if cfg.task is None:
+    if cfg.task is None or (before and not cfg.before):
         return None
     if cfg.task != "arithmetic":
         raise LowtuneError(f"eval.task {cfg.task!r} is unknown; use arithmetic or null")
+    from lowtune.tools import load_tool
+
     result = evaluate.arithmetic_accuracy(
         model,
         tokenizer,
@@ -207,8 +255,12 @@ def heldout_accuracy(model, tokenizer, recipe: Recipe) -> dict[str, Any] | None:
         batch_size=cfg.batch_size,
         system_prompt=recipe.system_prompt(),
         operands=cfg.operands or recipe.data.operands,
+        tools=[load_tool(t) for t in cfg.tools],
     )
-    return {"task": cfg.task, "n": result.n, "accuracy": result.accuracy, "example": result.examples[0][1]}
+    out = {"task": cfg.task, "n": result.n, "accuracy": result.accuracy, "example": result.examples[0][1]}
+    if cfg.tools:
+        out |= {"tools": cfg.tools, "replies_with_a_call": result.replies_with_a_call}
+    return out
 
 
 class _TokenLogprobsForTRL:

@@ -40,10 +40,10 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     pairs = data.load_pairs(recipe.data, recipe.system_prompt())
     ui.say(f"{len(pairs.train)} training pairs, {len(pairs.heldout or [])} held-out pairs ({pairs.format})")
 
-    before = heldout_accuracy(base, tokenizer, recipe)
+    before = heldout_accuracy(base, tokenizer, recipe, before=True)
     trainer = make_trainer(recipe, run_dir, base, tokenizer, pairs)
     args = trainer.args
-    summary = fit(trainer, run_dir, recipe)
+    summary = fit(trainer, run_dir, recipe, lambda: heldout_accuracy(trainer.model, tokenizer, recipe))
     preference = implicit_reward_accuracy(trainer) if pairs.heldout is not None else None
 
     after = heldout_accuracy(trainer.model, tokenizer, recipe)

@@ -56,7 +56,7 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     ui.say(f"{len(dataset)} prompts from {recipe.data.source}")
 
     with model.disable_adapter():
-        before = heldout_accuracy(model, tokenizer, recipe)
+        before = heldout_accuracy(model, tokenizer, recipe, before=True)
 
     args = trl_args(recipe, run_dir)
     funcs, weights = reward_functions(recipe, args.max_completion_length)
@@ -65,7 +65,7 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     args.reward_weights = weights
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
     with logprob_kernel(recipe) as kernel:
-        summary = fit(trainer, run_dir, recipe)
+        summary = fit(trainer, run_dir, recipe, lambda: heldout_accuracy(model, tokenizer, recipe))
 
     after = heldout_accuracy(model, tokenizer, recipe)
     return {

@@ -40,7 +40,7 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     policy = ActorCritic.build(model, reward_dir)
 
     with model.disable_adapter():
-        before = heldout_accuracy(model, tokenizer, recipe)
+        before = heldout_accuracy(model, tokenizer, recipe, before=True)
 
     args = trl_args(recipe, run_dir)
     funcs, weights = reward_functions(recipe, args.max_new_tokens)
@@ -54,9 +54,8 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
         model=policy, args=args, train_dataset=dataset, processing_class=tokenizer, reward_funcs=funcs,
         reward_weights=weights, reward_encode=_reward_encoder(reward_dir, tokenizer), stop_token_ids=stop,
     )  # fmt: skip
-    summary = fit(trainer, run_dir, recipe)
-    model.set_adapter("default")
-    after = heldout_accuracy(model, tokenizer, recipe)
+    summary = fit(trainer, run_dir, recipe, lambda: policy_accuracy(policy, tokenizer, recipe))
+    after = policy_accuracy(policy, tokenizer, recipe)
     return {
         "method": "ppo",
         "model": recipe.model.name,
@@ -68,6 +67,14 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
         "eval_before": before,
         "eval_after": after,
     }
+
+
+def policy_accuracy(policy, tokenizer, recipe: Recipe):
+    """Held-out accuracy of the policy adapter (mid-training too: the trainer activates what it needs)."""
+    from lowtune.rl.model import POLICY
+
+    policy.activate(POLICY)
+    return heldout_accuracy(policy.peft, tokenizer, recipe)
 
 
 def _reward_adapter(recipe: Recipe):

@@ -25,11 +25,11 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     ui.say(f"{len(dataset)} training rows from {recipe.data.source}")
 
     with model.disable_adapter():
-        before = heldout_accuracy(model, tokenizer, recipe)
+        before = heldout_accuracy(model, tokenizer, recipe, before=True)
 
     args = trl_args(recipe, run_dir)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    summary = fit(trainer, run_dir, recipe)
+    summary = fit(trainer, run_dir, recipe, lambda: heldout_accuracy(model, tokenizer, recipe))
 
     after = heldout_accuracy(model, tokenizer, recipe)
     return {

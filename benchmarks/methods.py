@@ -1,0 +1,384 @@
+"""Compare the methods on one task, one base model and one training budget.
+
+    python benchmarks/methods.py                        # 8 min of training per method (about 1 h 40 on 2 cores)
+    python benchmarks/methods.py --minutes 4 --only sft dpo
+    python benchmarks/methods.py --steps 60             # an optimizer-step budget instead of minutes
+    python benchmarks/methods.py --quick                # every method for a few steps (a couple of minutes)
+    python benchmarks/methods.py --quick --model tiny-random   # the harness test (tests/test_methods.py)
+
+Task: 2-digit addition; held-out set: the same `eval.n` problems for every method, never trained on,
+greedy, answer = the last number of the reply. Each method runs its shipped recipe (recipes/*.yaml)
+in a fresh process, with only the budget changed:
+
+- minutes (default): every method trains until `--minutes` of training time are spent
+  (`budget.minutes`; held-out evaluations excluded), at its recipe's learning rate held constant after
+  warm-up (`constant_with_warmup`), so no schedule is cut short;
+- `--steps N`: every method makes N optimizer steps with its recipe's schedule.
+
+Methods: sft, dpo (synthetic pairs), grpo, ppo (accuracy rule as the reward), ppo-rm (a reward adapter
+trained first by `lowtune train reward` on the synthetic pairs, accuracy rule off; the reward model's
+own training time is reported beside it, not charged to the budget), toolformer (the base annotates SFT
+replies with calculator calls, then SFT on them; augmentation time counts in the budget; evaluated with
+tool-augmented generation), sft-grpo (SFT for half the budget, merge, GRPO for the other half).
+
+Per method: held-out accuracy before (measured once: one base, one set) and after, training time,
+tokens processed, peak memory of its process, trainable parameters, and the accuracy-vs-time curve
+from evaluations every `--eval-every` minutes. Writes benchmarks/results/methods.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import describe, machine_info  # noqa: E402
+
+METHODS = ["sft", "dpo", "grpo", "ppo", "ppo-rm", "toolformer", "sft-grpo"]
+RECIPE = {"sft": "sft", "dpo": "dpo", "grpo": "grpo", "ppo": "ppo", "ppo-rm": "ppo", "toolformer": "sft"}
+# Toolformer: the share of the budget that augmentation may take before SFT starts.
+AUGMENT_SHARE = 0.4
+
+
+# ---------------------------------------------------------------- workers (each in its own process)
+
+
+def common_overrides(cfg: dict, minutes: float | None, workdir: Path) -> list[str]:
+    """What every method's recipe gets: the base, the held-out set, the budget, the output place."""
+    out = [
+        f"model.name={cfg['model']}",
+        f"eval.n={cfg['n']}",
+        f"eval.max_new_tokens={cfg['max_new_tokens']}",
+        "eval.before=false",  # measured once for all methods
+        f"output.dir={workdir}",
+        "output.quiet=true",
+    ]
+    if cfg["eval_every"]:
+        out.append(f"eval.every_minutes={cfg['eval_every']}")
+    if cfg["steps"]:
+        out.append(f"train.max_steps={cfg['steps']}")
+    else:
+        out += [f"budget.minutes={minutes}", "train.max_steps=100000", "train.lr_scheduler_type=constant_with_warmup"]
+    return out + cfg.get("extra", [])
+
+
+def train(recipe: str, overrides: list[str]) -> tuple[Path, dict]:
+    from lowtune import recipes
+    from lowtune.config import load_recipe
+
+    run, summary = recipes.train(load_recipe(ROOT / "recipes" / f"{recipe}.yaml", overrides))
+    return run.path, summary
+
+
+def part(summary: dict, name: str) -> dict:
+    """The figures of one training run that the table needs."""
+    keys = ("steps", "wall_time_s", "eval_time_s", "tokens", "peak_memory_mb", "trainable_params", "eval_during")
+    return {"name": name, **{k: summary.get(k) for k in keys}, "eval_after": summary.get("eval_after")}
+
+
+def worker(method: str, cfg: dict, workdir: Path) -> dict:
+    from lowtune import builtin, ui
+
+    if cfg["model"] in builtin.BUILTINS:
+        builtin.ensure(cfg["model"], ui.say)
+    minutes = cfg["minutes"]
+    if method == "base":
+        return base_accuracy(cfg)
+    if method == "reward":
+        _, summary = train("reward", reward_overrides(cfg, workdir))
+        return {"parts": [part(summary, "reward")], "pairwise": summary.get("pairwise_after")}
+    if method == "sft-grpo":
+        from lowtune.export import merge
+
+        half = None if minutes is None else minutes / 2
+        sft_dir, sft = train("sft", common_overrides(cfg, half, workdir))
+        began = time.perf_counter()
+        merged = workdir / "sft-merged"
+        merge(sft_dir, merged)
+        merge_s = time.perf_counter() - began
+        grpo_cfg = {**cfg, "model": str(merged), "extra": cfg.get("grpo_extra", [])}
+        _, grpo = train("grpo", common_overrides(grpo_cfg, half, workdir))
+        return {"parts": [part(sft, "sft"), {"name": "merge", "wall_time_s": round(merge_s, 2)}, part(grpo, "grpo")]}
+    if method == "toolformer":
+        return toolformer(cfg, workdir)
+    extra = list(cfg.get(f"{method}_extra", []))
+    if method == "ppo-rm":
+        extra += [f"rewards.model={cfg['reward_run']}", "rewards.accuracy=0"]
+    _, summary = train(RECIPE[method], common_overrides({**cfg, "extra": extra}, minutes, workdir))
+    return {"parts": [part(summary, method)]}
+
+
+def base_accuracy(cfg: dict) -> dict:
+    from lowtune import evaluate, models
+    from lowtune.config import ModelConfig
+
+    model, tokenizer = models.load(ModelConfig(name=cfg["model"]))
+    began = time.perf_counter()
+    result = evaluate.arithmetic_accuracy(model, tokenizer, n=cfg["n"], max_new_tokens=cfg["max_new_tokens"])
+    return {"accuracy": result.accuracy, "n": result.n, "seconds": round(time.perf_counter() - began, 1),
+            "example": result.examples[0][1]}  # fmt: skip
+
+
+def reward_overrides(cfg: dict, workdir: Path) -> list[str]:
+    """The reward model PPO-RM scores with: `lowtune train reward` on the same synthetic pairs as DPO."""
+    return [
+        f"model.name={cfg['model']}",
+        "data.source=arithmetic",
+        "data.data_dir=null",
+        "data.max_rows=null",
+        "data.heldout=null",
+        "data.bad_rows=error",
+        f"train.max_steps={cfg['reward_steps']}",
+        f"output.dir={workdir}",
+        "output.name=reward",
+        "output.quiet=true",
+    ]
+
+
+def toolformer(cfg: dict, workdir: Path) -> dict:
+    """Augment SFT replies with calculator calls (as long as the budget allows), then SFT on them."""
+    import torch
+
+    from lowtune import models, ui
+    from lowtune.config import ModelConfig
+    from lowtune.data import arithmetic
+    from lowtune.tools import Calculator
+    from lowtune.tools.augment import Augmenter
+
+    torch.manual_seed(0)
+    base, tokenizer = models.load(ModelConfig(name=cfg["model"]))
+    base.eval()
+    augmenter = Augmenter(base, tokenizer, [Calculator()], dict(top_k=cfg["tool_top_k"], samples=cfg["tool_samples"]))
+    problems = arithmetic.train(cfg["tool_rows"], 2, ["+"], seed=0)
+    limit = None if cfg["minutes"] is None else cfg["minutes"] * 60 * AUGMENT_SHARE
+    rows, began = [], time.perf_counter()
+    with ui.progress_bar("augment", len(problems)) as advance:
+        for p in problems:
+            if limit is not None and time.perf_counter() - began > limit:
+                break
+            annotated = augmenter.augment_one(p.solution).annotated  # unchanged when no call is kept
+            rows.append({"messages": [{"role": "user", "content": p.question},
+                                      {"role": "assistant", "content": annotated}]})  # fmt: skip
+            advance()
+    augment_s = time.perf_counter() - began
+    del base
+    data = workdir / "toolformer.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats = augmenter.stats["Calculator"]
+    left = None if cfg["minutes"] is None else max(cfg["minutes"] - augment_s / 60, 0.1)
+    extra = [f"data.source={data}", "data.format=messages", "eval.tools=[calculator]", *cfg.get("toolformer_extra", [])]
+    _, summary = train("sft", common_overrides({**cfg, "extra": extra}, left, workdir))
+    with_calls = [r["messages"][1]["content"] for r in rows if "[Calculator(" in r["messages"][1]["content"]]
+    return {
+        "parts": [{"name": "augment", "wall_time_s": round(augment_s, 2)}, part(summary, "sft")],
+        "augmentation": {
+            "rows": len(rows),
+            "positions": stats.positions,
+            "sampled": stats.sampled,
+            "executed": stats.executed,
+            "kept": stats.kept,
+            "rows_with_a_call": len(with_calls),
+            "examples": with_calls[:5],
+        },  # fmt: skip
+    }
+
+
+# ---------------------------------------------------------------- the harness
+
+
+def run_worker(method: str, cfg: dict, workdir: Path, timeout: float | None) -> dict:
+    out = workdir / f"{method}.result.json"
+    cmd = [sys.executable, __file__, "--worker", method, "--workdir", str(workdir), "--config", json.dumps(cfg)]
+    began = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 or not out.exists():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        return {"error": f"exit code {proc.returncode}", "log_tail": tail, "process_s": time.perf_counter() - began}
+    result = json.loads(out.read_text())
+    result["process_s"] = round(time.perf_counter() - began, 1)
+    return result
+
+
+def summarize(method: str, result: dict, base: dict) -> dict:
+    """One row of the table: totals over the method's parts, and its accuracy-vs-time curve."""
+    if "error" in result:
+        return {"method": method, "error": result["error"], "log_tail": result.get("log_tail")}
+    parts = result["parts"]
+    trained = [p for p in parts if "steps" in p]
+    curve, offset = [{"minutes": 0.0, "accuracy": base["accuracy"]}], 0.0
+    for p in parts:
+        if "steps" in p:
+            curve += [{"minutes": (offset + c["train_time_s"]) / 60, "accuracy": c["accuracy"]}
+                      for c in p["eval_during"] or []]  # fmt: skip
+            if p["eval_after"]:
+                curve.append({"minutes": (offset + p["wall_time_s"]) / 60, "accuracy": p["eval_after"]["accuracy"]})
+        offset += p["wall_time_s"]
+    after = trained[-1]["eval_after"] or {}
+    return {
+        "method": method,
+        "accuracy_before": base["accuracy"],
+        "accuracy_after": after.get("accuracy"),
+        "replies_with_a_call": after.get("replies_with_a_call"),
+        "minutes": offset / 60,
+        "steps": sum(p["steps"] for p in trained),
+        "tokens": sum(p["tokens"] or 0 for p in trained),
+        "peak_memory_mb": max(p["peak_memory_mb"] for p in trained),
+        "trainable_params": max(p["trainable_params"] for p in trained),
+        "eval_minutes": sum(p["eval_time_s"] for p in trained) / 60,
+        "curve": curve,
+        "parts": parts,
+        **{k: result[k] for k in ("augmentation", "reward_model") if k in result},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--only", nargs="+", choices=METHODS, help="a subset of the methods")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=8.0, help="training minutes per method (default)")
+    budget.add_argument("--steps", type=int, help="optimizer steps per method instead of minutes")
+    parser.add_argument("--eval-every", type=float, help="minutes between held-out evaluations (default: budget/3)")
+    parser.add_argument("--n", type=int, default=100, help="held-out problems")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--reward-steps", type=int, default=100, help="training steps of ppo-rm's reward model")
+    parser.add_argument("--quick", action="store_true", help="a few steps per method: checks the harness")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", default="methods", help="file stem of the results")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = worker(args.worker, json.loads(args.config), args.workdir)
+        (args.workdir / f"{args.worker}.result.json").write_text(json.dumps(result, indent=2))
+        return
+
+    from lowtune import builtin, ui
+
+    methods = args.only or METHODS
+    steps = args.steps
+    cfg: dict[str, Any] = {
+        "model": args.model,
+        "n": args.n,
+        "max_new_tokens": args.max_new_tokens,
+        "minutes": None if steps else args.minutes,
+        "steps": steps,
+        "eval_every": args.eval_every if args.eval_every is not None else (None if steps else args.minutes / 3),
+        "reward_steps": args.reward_steps,
+        "tool_rows": 2000,
+        "tool_top_k": 5,
+        "tool_samples": 3,
+    }
+    if args.quick:  # every method briefly, every code path (periodic evaluation included) exercised
+        cfg |= {"minutes": None, "steps": 2, "eval_every": 1e-4, "n": 4, "max_new_tokens": 8, "reward_steps": 2,
+                "tool_rows": 3, "tool_top_k": 2, "tool_samples": 1}  # fmt: skip
+        cfg["grpo_extra"] = ["train.max_completion_length=8", "train.num_generations=2",
+                             "train.per_device_train_batch_size=2"]  # fmt: skip
+        cfg["ppo_extra"] = cfg["ppo-rm_extra"] = ["train.max_new_tokens=8", "train.per_device_train_batch_size=2",
+                                                  "train.num_mini_batches=1", "train.num_ppo_epochs=1"]  # fmt: skip
+        cfg["dpo_extra"] = ["train.per_device_train_batch_size=2"]
+    if args.model in builtin.BUILTINS:
+        builtin.ensure(args.model, ui.say)  # converted once, before any timing
+    what = f"{cfg['steps']} steps" if cfg["steps"] else f"{cfg['minutes']:g} min"
+    ui.say(f"{len(methods)} methods on {args.model}, {what} each; held-out n={cfg['n']}")
+
+    report: dict[str, Any] = {"benchmark": "methods", "machine": machine_info(), "settings": cfg, "methods": {}}
+    stem = args.out / args.name
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        base = run_worker("base", cfg, workdir, None)
+        if "error" in base:
+            raise SystemExit(f"the base model's evaluation failed:\n{base['log_tail']}")
+        report["base"] = base
+        ui.say(f"base model: {base['accuracy']:.0%} held-out ({base['seconds']:.0f} s)")
+        for method in methods:
+            extra = {}
+            if method == "ppo-rm":
+                reward = run_worker("reward", cfg, workdir, None)
+                if "error" in reward:
+                    report["methods"][method] = {"method": method, "error": "reward model: " + reward["error"],
+                                                 "log_tail": reward.get("log_tail")}  # fmt: skip
+                    continue
+                rm = reward["parts"][0]
+                extra = {"reward_run": str(workdir / "reward"),
+                         "reward_model": {"minutes": rm["wall_time_s"] / 60, "steps": rm["steps"],
+                                          "pairwise_accuracy": (reward["pairwise"] or {}).get("accuracy")}}  # fmt: skip
+            ui.say(f"{method} ...")
+            result = run_worker(method, {**cfg, **extra}, workdir, None)
+            if "reward_model" in extra:
+                result["reward_model"] = extra["reward_model"]
+            row = summarize(method, result, base)
+            report["methods"][method] = row
+            shown = f"{row['accuracy_after']:.0%}" if row.get("accuracy_after") is not None else row.get("error")
+            ui.say(f"{method}: {shown} after {row.get('minutes', 0):.1f} min")
+            report["total_minutes"] = (time.perf_counter() - began) / 60
+            write(stem, report)  # after every method: a crash later keeps what was measured
+    ui.table("Methods on 2-digit addition, " + describe(report["machine"]), COLUMNS, table_rows(report))
+
+
+COLUMNS = ["method", "held-out accuracy", "train min", "steps", "tokens", "peak MiB", "trainable params"]
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for method, r in report["methods"].items():
+        if "error" in r:
+            rows.append([method, f"failed: {r['error']}", "", "", "", "", ""])
+            continue
+        after = "n/a" if r["accuracy_after"] is None else f"{r['accuracy_after']:.0%}"
+        rows.append([method, f"{r['accuracy_before']:.0%} → {after}", f"{r['minutes']:.1f}", str(r["steps"]),
+                     f"{r['tokens']:,}", f"{r['peak_memory_mb']:,.0f}", f"{r['trainable_params']:,}"])  # fmt: skip
+    return rows
+
+
+def write(stem: Path, report: dict) -> None:
+    """stem.json, stem.md (the table, with the machine and the budget) and stem.png (two panels)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    s = report["settings"]
+    budget = f"{s['steps']} optimizer steps" if s["steps"] else f"{s['minutes']:g} min of training"
+    lines = [
+        f"Machine: {describe(report['machine'])}. Budget: {budget} per method; held-out 2-digit addition, "
+        f"n={s['n']}, greedy; base model {report['base']['accuracy']:.0%}.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+        *("| " + " | ".join(r) + " |" for r in table_rows(report)),
+    ]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = {m: r for m, r in report["methods"].items() if "error" not in r}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.bar(list(done), [r["accuracy_after"] or 0 for r in done.values()], color="#2a7")
+    ax1.axhline(report["base"]["accuracy"], color="#888", ls="--", label="base model")
+    ax1.set_ylabel("held-out accuracy after training")
+    ax1.tick_params(axis="x", labelrotation=30)
+    ax1.legend()
+    for method, r in done.items():
+        ax2.plot([c["minutes"] for c in r["curve"]], [c["accuracy"] for c in r["curve"]], marker="o", label=method)
+    ax2.set_xlabel("training minutes (evaluations excluded)")
+    ax2.set_ylabel("held-out accuracy")
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"Methods on 2-digit addition, {budget} each — {describe(report['machine'])}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

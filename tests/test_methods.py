@@ -1,0 +1,86 @@
+"""The method-comparison harness (benchmarks/methods.py) and what it stands on: the training-time
+budget, periodic held-out evaluation, and evaluation with tools."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from lowtune import recipes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_budget_stops_training_and_periodic_evaluation_draws_a_curve(tiny_recipe):
+    recipe = dataclasses.replace(
+        tiny_recipe,
+        train={**tiny_recipe.train, "max_steps": 100_000},
+        budget=dataclasses.replace(tiny_recipe.budget, minutes=0.05),
+        eval=dataclasses.replace(tiny_recipe.eval, every_minutes=0.01, before=False),
+    )
+    run, summary = recipes.train(recipe)
+    assert summary["stopped_by_budget"]
+    assert 0 < summary["steps"] < 100_000
+    # 3 s of training, the evaluations' own time left out of it.
+    assert 3 <= summary["wall_time_s"] < 3 + 5 * (summary["s_per_step"] + 0.2)
+    assert summary["eval_before"] is None and summary["eval_after"] is not None
+    curve = summary["eval_during"]
+    assert len(curve) >= 2
+    assert [p["step"] for p in curve] == sorted(p["step"] for p in curve)
+    assert all(p["train_time_s"] >= 0.6 * (i + 1) for i, p in enumerate(curve))
+    logged = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    assert [r["eval_accuracy"] for r in logged if "eval_accuracy" in r] == [p["accuracy"] for p in curve]
+    assert summary["trainable_params"] > 0
+    assert (run.adapter / "adapter_config.json").is_file()
+
+
+def test_evaluation_with_tools_runs_the_calculator(tiny_recipe, monkeypatch):
+    """eval.tools routes held-out answers through tool-augmented generation and counts the calls."""
+    import lowtune.tools.generate as generate
+
+    seen = []
+
+    def fake(model, tokenizer, question, tools, max_new_tokens, **kw):
+        seen.append((question, [t.name for t in tools]))
+        a, b = (int(x) for x in question.removeprefix("What is ").rstrip("?").split(" + "))
+        return f"{a} + {b} = {a + b}", [{"tool": "Calculator", "input": f"{a} + {b}", "output": str(a + b)}]
+
+    monkeypatch.setattr(generate, "generate_with_tools", fake)
+    from lowtune import models
+
+    recipe = dataclasses.replace(tiny_recipe, eval=dataclasses.replace(tiny_recipe.eval, tools=["calculator"]))
+    model, tokenizer = models.load(recipe.model)
+    result = recipes.heldout_accuracy(model, tokenizer, recipe)
+    assert result["accuracy"] == 1.0 and result["replies_with_a_call"] == recipe.eval.n
+    assert len(seen) == recipe.eval.n and all(tools == ["Calculator"] for _, tools in seen)
+
+
+def test_methods_harness_quick_on_tiny_random(tmp_path, tiny_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "results"
+    script = ROOT / "benchmarks" / "methods.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--model", "tiny-random", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "methods.json").read_text())
+    assert set(report["methods"]) == {"sft", "dpo", "grpo", "ppo", "ppo-rm", "toolformer", "sft-grpo"}
+    assert report["machine"]["torch"] and report["base"]["n"] == 4
+    for method, row in report["methods"].items():
+        assert "error" not in row, (method, row.get("log_tail"))
+        assert row["steps"] == (4 if method == "sft-grpo" else 2), method
+        assert row["tokens"] > 0 and row["peak_memory_mb"] > 0 and row["trainable_params"] > 0, method
+        assert row["accuracy_after"] is not None, method
+        # base point, at least one periodic evaluation, the final one
+        assert len(row["curve"]) >= 3 and row["curve"][0]["minutes"] == 0, method
+    assert report["methods"]["ppo"]["trainable_params"] > report["methods"]["sft"]["trainable_params"]  # + value
+    assert report["methods"]["ppo-rm"]["reward_model"]["steps"] == 2
+    assert report["methods"]["toolformer"]["augmentation"]["rows"] == 3
+    assert report["methods"]["toolformer"]["replies_with_a_call"] is not None  # evaluated with the calculator
+    assert [p["name"] for p in report["methods"]["sft-grpo"]["parts"]] == ["sft", "merge", "grpo"]
+    table = (out / "methods.md").read_text()
+    assert all(f"| {m} |" in table for m in report["methods"])
+    assert (out / "methods.png").stat().st_size > 0
