@@ -66,6 +66,38 @@ def test_nf4_loads_and_trains_a_step_on_cpu():
     assert any(not torch.equal(a, b) for a, b in zip(before, lora, strict=True))
 
 
+def test_nf4_preparation_freezes_the_base_keeps_16_bit_weights_and_checkpoints():
+    """No fp32 upcast of embeddings/norms (PEFT's k-bit preparation does one: 0.43 GiB at 1.5B), only
+    LoRA trains, and gradients still reach the adapters through checkpointed blocks."""
+    pytest.importorskip("bitsandbytes")
+    cfg = ModelConfig(name="tiny-random", quantization="nf4", dtype="bfloat16", gradient_checkpointing=True)
+    model, tokenizer = models.load(cfg, LoraConfig(r=4))
+    base = model.get_base_model()
+    assert base.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for n, p in base.named_parameters() if "norm" in n)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if "lora_" in n
+    }
+    assert base.is_gradient_checkpointing
+    model.train()
+    batch = tokenizer(["What is 12 + 34? 46"], return_tensors="pt")
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_gradient_checkpointing_auto_is_on_with_cuda_only():
+    auto = ModelConfig()
+    assert auto.gradient_checkpointing == "auto"
+    assert models.resolve_gradient_checkpointing(auto, torch.device("cuda")) is True
+    assert models.resolve_gradient_checkpointing(auto, torch.device("cpu")) is False
+    for value in (True, False):
+        for device in ("cpu", "cuda"):
+            assert (
+                models.resolve_gradient_checkpointing(ModelConfig(gradient_checkpointing=value), torch.device(device))
+                is value
+            )
+
+
 def test_auto_policy_on_cpu():
     cfg = ModelConfig()
     device = models.resolve_device(cfg)

@@ -119,7 +119,7 @@ def trl_args(recipe: Recipe, run: RunDir):
         use_cpu=device.type == "cpu",
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16 and models.resolve_quantization(recipe.model, device) == "none",
-        gradient_checkpointing=recipe.model.gradient_checkpointing,
+        gradient_checkpointing=models.resolve_gradient_checkpointing(recipe.model, device),
         seed=recipe.data.seed,
     )
     try:
