@@ -25,6 +25,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="RUN_DIR",
         help="continue a run from its last checkpoint (default: the recipe's newest run)",
     )
+    p.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="N",
+        help="data-parallel processes: runs `accelerate launch --num_processes N -m lowtune train ...` "
+        "(one per GPU; on a machine without CUDA, N CPU processes with gloo)",
+    )
 
     p = sub.add_parser("generate", help="chat with a model or a run's adapter")
     p.add_argument("model", help="run directory, adapter directory, builtin name, local model or hub id")
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Overrides may come after options too (`lowtune train sft --quiet train.max_steps=5`).
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command == "train":
         args.overrides += [e for e in extra if not e.startswith("-")]
         extra = [e for e in extra if e.startswith("-")]
@@ -128,6 +136,9 @@ def _quiet_libraries() -> None:
 def cmd_train(args) -> int:
     from lowtune import recipes, ui
     from lowtune.config import load_recipe
+
+    if args.num_processes is not None:
+        return _launch(args.num_processes, args.argv[1:])
 
     overrides = list(args.overrides)
     if args.recipe and "=" in args.recipe:  # `lowtune train --resume RUN a.b=c`: no recipe name given
@@ -225,14 +236,44 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _launch(n: int, train_args: list[str]) -> int:
+    """`lowtune train --num-processes N ...` = `accelerate launch --num_processes N -m lowtune train ...`."""
+    import subprocess
+
+    import torch
+
+    from lowtune import dist
+
+    if n < 1:
+        raise LowtuneError(f"--num-processes {n}: give 1 or more")
+    if dist.distributed():
+        raise LowtuneError("--num-processes inside a launched process: drop it (the launcher already started them)")
+    argv, skip = [], False
+    for arg in train_args:  # everything after `lowtune train`, less --num-processes N
+        if skip:
+            skip = False
+        elif arg == "--num-processes":
+            skip = True
+        elif not arg.startswith("--num-processes="):
+            argv.append(arg)
+    gpus = torch.cuda.device_count()
+    if gpus and n > gpus:
+        raise LowtuneError(f"--num-processes {n}: this machine has {gpus} GPU(s); one process per GPU")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    launch += ["--multi_gpu"] if gpus and n > 1 else ["--cpu"] if not gpus else []
+    return subprocess.call([*launch, "-m", "lowtune", "train", *argv])
+
+
 def cmd_augment(args) -> int:
     import json
 
-    from lowtune import models, ui
+    from lowtune import dist, models, ui
     from lowtune.data.arithmetic_text import load_texts
     from lowtune.tools import load_tool
     from lowtune.tools.augment import Augmenter
 
+    dist.refuse("Toolformer augmentation (lowtune augment)")
     out = Path(args.out)
     if out.exists():
         raise LowtuneError(f"--out {out} exists; lowtune never overwrites, choose a new file")

@@ -8,11 +8,12 @@ full precision on CPU: on CPU, memory is rarely the limit and bitsandbytes' 4-bi
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
-from lowtune import builtin
+from lowtune import builtin, dist
 from lowtune.config import LoraConfig, ModelConfig, Recipe, load_recipe
 from lowtune.errors import LowtuneError
 
@@ -21,8 +22,10 @@ def resolve_device(cfg: ModelConfig) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise LowtuneError("model.device is cuda but no CUDA device is visible; use model.device=auto")
     if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+        cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+        return torch.device("cuda", dist.local_rank()) if cuda else torch.device("cpu")
+    # Several processes on one machine: each its own GPU (LOCAL_RANK, set by accelerate launch / torchrun).
+    return torch.device("cuda", dist.local_rank()) if cfg.device == "cuda" else torch.device(cfg.device)
 
 
 def resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
@@ -118,7 +121,9 @@ def load(model_cfg: ModelConfig, lora_cfg: LoraConfig | None = None, say=None, h
         kwargs["num_labels"] = 1
     auto = AutoModelForSequenceClassification if head == "score" else AutoModelForCausalLM
     try:
-        model = auto.from_pretrained(path, device_map={"": device}, **kwargs)
+        # Under FSDP / ZeRO-3 accelerate shards and places the weights: no device_map.
+        placement = {} if dist.sharded() else {"device_map": {"": device}}
+        model = auto.from_pretrained(path, **placement, **kwargs)
     except OSError as e:
         raise LowtuneError(f"could not load model {model_cfg.name!r}: {str(e).splitlines()[0]}") from None
     model.config.pad_token_id = tokenizer.pad_token_id

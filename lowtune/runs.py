@@ -49,18 +49,20 @@ class RunDir:
         return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
     @classmethod
-    def reopen(cls, path: Path) -> RunDir:
-        """An existing run, set to continue from its last checkpoint; metrics logged after it are dropped."""
+    def reopen(cls, path: Path, write: bool = True) -> RunDir:
+        """An existing run, set to continue from its last checkpoint; metrics logged after it are dropped
+        (by the process that `write`s: with several, the main one)."""
         run = cls(path)
         last = run.last_checkpoint()
         if last is None:
             raise LowtuneError(f"--resume {path}: no finished checkpoint in {run.checkpoints}; start a new run")
         run.resume_from = str(last)
         step = int(last.name.split("-")[-1])
-        if run.metrics.is_file():  # those steps run again
+        if write and run.metrics.is_file():  # those steps run again
             kept = [line for line in run.metrics.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
             _write_atomic(run.metrics, "".join(line + "\n" for line in kept))
-        run.summary.unlink(missing_ok=True)
+        if write:
+            run.summary.unlink(missing_ok=True)
         return run
 
     @classmethod

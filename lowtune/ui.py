@@ -11,7 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from transformers import TrainerCallback
 
-console = Console(highlight=False)
+from lowtune import dist
+
+console = Console(highlight=False, quiet=not dist.is_main())  # several processes: the main one speaks
 
 
 def say(message: str) -> None:
@@ -20,7 +22,8 @@ def say(message: str) -> None:
 
 
 def error(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    where = f"[rank {dist.rank()}] " if dist.distributed() else ""
+    Console(highlight=False, stderr=True).print(f"[bold red]error:[/] {where}{message}", soft_wrap=True)
 
 
 class ProgressCallback(TrainerCallback):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from lowtune import evaluate, models, ui
+from lowtune import dist, evaluate, models, ui
 from lowtune.config import Recipe, train_config_class
 from lowtune.errors import LowtuneError, TrainingStopped, did_you_mean
 from lowtune.guard import Guard
@@ -41,7 +41,8 @@ def shipped_recipes() -> dict[str, Path]:
     """Name (e.g. `sft`, `gpu/sft-qwen2.5-1.5b`) -> path of each YAML recipe that ships with lowtune."""
     for root in SHIPPED:
         if root.is_dir():
-            return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.rglob("*.yaml"))}
+            found = sorted(p for p in root.rglob("*.yaml") if p.parent.name != "accelerate")  # launch configs
+            return {str(p.relative_to(root).with_suffix("")): p for p in found}
     return {}
 
 
@@ -64,21 +65,22 @@ def train(recipe: Recipe, resume: Path | None = None) -> tuple[RunDir, dict[str,
 
     module = importlib.import_module(METHODS[recipe.method])
     set_seed(recipe.data.seed)  # the LoRA init too: the same recipe gives the same run
-    if resume is None:
-        run = RunDir.create(recipe)
-        ui.say(f"run directory {run.path}")
+    if resume is None:  # several processes: the main one makes the directory, all write into it
+        run = RunDir(Path(dist.broadcast(str(RunDir.create(recipe).path) if dist.is_main() else None)))
+        ui.say(f"run directory {run.path}" + (f" ({dist.world_size()} processes)" if dist.distributed() else ""))
     else:
-        run = RunDir.reopen(Path(resume))
+        run = RunDir.reopen(Path(resume), write=dist.is_main())
         ui.say(f"resuming {run.path} from {run.resume_from}")
     try:
         summary = module.run(recipe, run)
     except LowtuneError:
         # A mistake found before any checkpoint exists (bad data, missing model) leaves no
         # half-made run directory behind; once training has saved something, keep everything.
-        if resume is None and not run.last_checkpoint() and not run.adapter.exists():
+        if dist.is_main() and resume is None and not run.last_checkpoint() and not run.adapter.exists():
             shutil.rmtree(run.path, ignore_errors=True)
         raise
-    run.write_summary(summary)
+    if dist.is_main():
+        run.write_summary({**summary, "processes": dist.world_size()})
     return run, summary
 
 
@@ -147,10 +149,14 @@ class Clock(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         seconds = self.training_seconds()
-        if self.budget_s is not None and seconds >= self.budget_s:
+        # Several processes stop at the same step (the main one's clock decides), or they would deadlock.
+        if self.budget_s is not None and dist.broadcast(seconds >= self.budget_s):
             self.out_of_budget = True
             control.should_training_stop = True
-        elif self.every_s and self.evaluate is not None and seconds >= self.every_s * (len(self.curve) + 1):
+        elif (
+            self.every_s and self.evaluate is not None and dist.is_main()
+            and seconds >= self.every_s * (len(self.curve) + 1)
+        ):  # fmt: skip
             began = time.perf_counter()
             result = self.evaluate()
             self.paused += time.perf_counter() - began
@@ -210,13 +216,17 @@ def fit(trainer, run: RunDir, recipe: Recipe, evaluate: Callable[[], dict | None
     # PEFT adapter + tokenizer, loadable without lowtune; written beside and renamed into place, so a
     # crash mid-save never leaves a half-written adapter/ (the checkpoints stay as they were).
     staging, previous = run.path / ".adapter.partial", run.path / ".adapter.previous"
-    shutil.rmtree(staging, ignore_errors=True)
+    if dist.is_main():
+        shutil.rmtree(staging, ignore_errors=True)
+    dist.barrier()
     trainer.save_model(str(staging))
-    if run.adapter.exists():  # a finished run resumed for more steps: its old adapter gives way
+    if dist.is_main() and run.adapter.exists():  # a finished run resumed for more steps: its old adapter gives way
         shutil.rmtree(previous, ignore_errors=True)
         os.replace(run.adapter, previous)
-    os.replace(staging, run.adapter)
-    shutil.rmtree(previous, ignore_errors=True)
+    if dist.is_main():  # trainer.save_model writes on the main process only
+        os.replace(staging, run.adapter)
+        shutil.rmtree(previous, ignore_errors=True)
+    dist.barrier()
     return {
         "wall_time_s": round(seconds, 2),
         "steps": state.global_step,
@@ -239,7 +249,7 @@ def heldout_accuracy(model, tokenizer, recipe: Recipe, before: bool = False) -> 
     """Greedy accuracy on the recipe's held-out task, or None when `eval.task` is null (or, for the
     score `before` training, when `eval.before` is off)."""
     cfg = recipe.eval
-    if cfg.task is None or (before and not cfg.before):
+    if cfg.task is None or (before and not cfg.before) or not dist.is_main():  # several processes: the main one
         return None
     if cfg.task != "arithmetic":
         raise LowtuneError(f"eval.task {cfg.task!r} is unknown; use arithmetic or null")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lowtune import data, models, ui
+from lowtune import data, dist, models, ui
 from lowtune.config import Recipe
 from lowtune.errors import LowtuneError
 from lowtune.recipes import fit, heldout_accuracy, trl_args
@@ -33,6 +33,7 @@ TRAIN_DEFAULTS = dict(
 def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     from lowtune.rl import ActorCritic, PPOTrainer
 
+    dist.refuse("PPO (lowtune train ppo)")
     reward_dir = _reward_adapter(recipe)
     model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say)
     dataset = data.load(recipe.data, kind="prompt", system_prompt=recipe.system_prompt())

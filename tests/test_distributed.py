@@ -1,0 +1,139 @@
+"""Data-parallel training on one CPU: two processes (accelerate launch, gloo) against one process with the
+same effective batch. Rows are fed in order (train_sampling_strategy=sequential) so the two runs see the
+same global batches; each process's rows are recorded by tests/ddp_probe.py."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lowtune import dist
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = Path(__file__).with_name("ddp_probe.py")
+STEPS = 3
+
+
+def common(method: str, out: Path, batch: int) -> list[str]:
+    args = [
+        method, "model.name=tiny-random", f"train.max_steps={STEPS}", f"train.per_device_train_batch_size={batch}",
+        "train.train_sampling_strategy=sequential", "train.logging_steps=1", "train.save_steps=2",
+        "train.learning_rate=1e-3", "train.warmup_steps=0", "train.lr_scheduler_type=constant",
+        "data.n_train=64", "eval.n=4", "eval.max_new_tokens=4", f"output.dir={out}", "--quiet",
+    ]  # fmt: skip
+    if method == "dpo":
+        args += ["train.loss_type=[sigmoid]", "train.precompute_ref_log_probs=false"]
+    return args
+
+
+def launch(tmp_path: Path, method: str, processes: int, batch: int) -> tuple[Path, Path, str]:
+    out = tmp_path / f"{method}-{processes}"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    head = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--cpu",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    cmd = [*head, str(PROBE)] if processes > 1 else [sys.executable, str(PROBE)]
+    proc = subprocess.run([*cmd, str(out), *common(method, out, batch)], capture_output=True, text=True,
+                          env=env, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs  # one run directory, made by the main process
+    return runs[0], out, proc.stdout
+
+
+def rows(out: Path, rank: int) -> dict[int, list]:
+    lines = [json.loads(line) for line in (out / f"rows-rank{rank}.jsonl").read_text().splitlines()]
+    return {r["step"]: r["rows"] for r in lines}
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_two_processes_train_like_one_with_the_same_effective_batch(tmp_path, tiny_path, method):
+    two, two_out, stdout = launch(tmp_path, method, processes=2, batch=2)
+    one, one_out, _ = launch(tmp_path, method, processes=1, batch=4)
+
+    # Each rank trains on its own half of every global batch; together they are the one-process batch.
+    rank0, rank1, single = rows(two_out, 0), rows(two_out, 1), rows(one_out, 0)
+    assert sorted(rank0) == sorted(rank1) == sorted(single) == list(range(STEPS))
+    per = 2 if method == "sft" else 4  # DPO stacks chosen and rejected
+    for step in range(STEPS):
+        assert len(rank0[step]) == len(rank1[step]) == per
+        assert not any(r in rank1[step] for r in rank0[step])  # different data
+        assert sorted(map(tuple, rank0[step] + rank1[step])) == sorted(map(tuple, single[step]))
+
+    # Only the main process wrote: one summary, each step logged once, one progress report.
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == STEPS
+    logged = [json.loads(line)["step"] for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in logged if s] == sorted(set(s for s in logged if s))
+    assert stdout.count("run directory") == 1
+    assert summary["eval_after"] is not None  # scored on the main process
+
+    # Same effective batch, same data, same start: the same adapter (gradients averaged over ranks).
+    a = load_file(two / "adapter" / "adapter_model.safetensors")
+    b = load_file(one / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    start = {k: v for k, v in a.items() if "lora_B" in k}
+    assert any(v.abs().max() > 0 for v in start.values())  # lora_B starts at zero: training moved it
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_ppo_and_augmentation_refuse_several_processes(monkeypatch, tmp_path):
+    from lowtune.errors import LowtuneError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert dist.distributed() and not dist.is_main()
+    with pytest.raises(LowtuneError, match="PPO .* runs in one process.*2 processes"):
+        dist.refuse("PPO (lowtune train ppo)")
+    from lowtune.cli import main
+
+    code = main(["augment", "tiny-random", "--out", str(tmp_path / "aug.jsonl")])
+    assert code != 0 and not (tmp_path / "aug.jsonl").exists()
+
+
+def test_num_processes_builds_the_accelerate_command(monkeypatch):
+    import lowtune.cli as cli
+
+    calls = []
+    monkeypatch.setattr("subprocess.call", lambda cmd: calls.append(cmd) or 0)
+    assert cli.main(["train", "sft", "--num-processes", "2", "train.max_steps=5", "--quiet"]) == 0
+    (cmd,) = calls
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--num_processes") + 1] == "2"
+    assert ("--cpu" in cmd) == (not torch.cuda.is_available())
+    assert cmd[cmd.index("lowtune") - 1 :] == ["-m", "lowtune", "train", "sft", "train.max_steps=5", "--quiet"]
+
+
+def test_shipped_accelerate_configs_load_and_are_not_recipes():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from lowtune.recipes import shipped_recipes
+
+    configs = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
+    kinds = {p.stem: str(load_config_from_file(str(p)).distributed_type) for p in configs}
+    assert kinds == {
+        "ddp": "DistributedType.MULTI_GPU",
+        "fsdp-qlora": "DistributedType.FSDP",
+        "deepspeed-zero2": "DistributedType.DEEPSPEED",
+        "deepspeed-zero3": "DistributedType.DEEPSPEED",
+    }
+    assert not any(name.startswith("accelerate/") for name in shipped_recipes())
+    assert "sft" in shipped_recipes()
+
+
+def test_fsdp_and_zero3_launches_are_detected_as_sharded(monkeypatch):
+    assert not dist.sharded()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert dist.sharded()
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    assert not dist.sharded()
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    assert dist.sharded()
