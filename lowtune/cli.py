@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         "--num-processes",
         type=int,
         metavar="N",
-        help="data-parallel processes: runs `accelerate launch --num_processes N -m lowtune train ...` "
-        "(one per GPU; on a machine without CUDA, N CPU processes with gloo)",
+        help="data-parallel processes: runs `accelerate launch --num_processes N -m lowtune train ...`, one "
+        "per GPU (on a machine without CUDA: torchrun, N CPU processes talking over gloo)",
     )
 
     p = sub.add_parser("generate", help="chat with a model or a run's adapter")
@@ -259,9 +259,12 @@ def _launch(n: int, train_args: list[str]) -> int:
     gpus = torch.cuda.device_count()
     if gpus and n > gpus:
         raise LowtuneError(f"--num-processes {n}: this machine has {gpus} GPU(s); one process per GPU")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
-    launch += ["--multi_gpu"] if gpus and n > 1 else ["--cpu"] if not gpus else []
+    if gpus:
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines",
+                  "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+        launch += ["--multi_gpu"] if n > 1 else []
+    else:  # CPU processes talking over gloo: torchrun (accelerate launch --cpu starts one process, or needs MPI)
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)]
     return subprocess.call([*launch, "-m", "lowtune", "train", *argv])
 
 

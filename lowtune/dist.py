@@ -52,19 +52,26 @@ def state():
     return PartialState()
 
 
+def _group():
+    import torch.distributed as torch_dist
+
+    if not torch_dist.is_initialized():
+        state()
+    return torch_dist
+
+
 def barrier() -> None:
     if distributed():
-        state().wait_for_everyone()
+        _group().barrier()
 
 
 def broadcast(value: Any) -> Any:
     """The main process's `value`, on every process (any picklable object)."""
     if not distributed():
         return value
-    from accelerate.utils import broadcast_object_list
-
-    state()
-    return broadcast_object_list([value], from_process=0)[0]
+    box = [value]
+    _group().broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def refuse(what: str) -> None:

@@ -1,4 +1,4 @@
-"""Data-parallel training on one CPU: two processes (accelerate launch, gloo) against one process with the
+"""Data-parallel training on one CPU: two processes (torchrun, gloo) against one process with the
 same effective batch. Rows are fed in order (train_sampling_strategy=sequential) so the two runs see the
 same global batches; each process's rows are recorded by tests/ddp_probe.py."""
 
@@ -32,11 +32,11 @@ def common(method: str, out: Path, batch: int) -> list[str]:
 
 
 def launch(tmp_path: Path, method: str, processes: int, batch: int) -> tuple[Path, Path, str]:
-    out = tmp_path / f"{method}-{processes}"
+    out = tmp_path / f"{method}-{processes}x{batch}"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    head = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--cpu",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    # torchrun: on a CPU, accelerate launch starts a single process (several need MPI)
+    head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     cmd = [*head, str(PROBE)] if processes > 1 else [sys.executable, str(PROBE)]
     proc = subprocess.run([*cmd, str(out), *common(method, out, batch)], capture_output=True, text=True,
                           env=env, timeout=600)  # fmt: skip
@@ -68,19 +68,32 @@ def test_two_processes_train_like_one_with_the_same_effective_batch(tmp_path, ti
     # Only the main process wrote: one summary, each step logged once, one progress report.
     summary = json.loads((two / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == STEPS
-    logged = [json.loads(line)["step"] for line in (two / "metrics.jsonl").read_text().splitlines()]
-    assert [s for s in logged if s] == sorted(set(s for s in logged if s))
+
+    def logged(run):
+        return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert logged(two) == logged(one)  # not once per process
     assert stdout.count("run directory") == 1
     assert summary["eval_after"] is not None  # scored on the main process
 
-    # Same effective batch, same data, same start: the same adapter (gradients averaged over ranks).
-    a = load_file(two / "adapter" / "adapter_model.safetensors")
-    b = load_file(one / "adapter" / "adapter_model.safetensors")
+    # Same effective batch, same data, same start: the same adapter (gradients averaged over ranks), up to
+    # float summation order, which Adam amplifies where a gradient is near zero: compare whole tensors.
+    a, b = adapter(two), adapter(one)
     assert a.keys() == b.keys()
-    start = {k: v for k, v in a.items() if "lora_B" in k}
-    assert any(v.abs().max() > 0 for v in start.values())  # lora_B starts at zero: training moved it
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+    assert all(a[k].abs().max() > 0 for k in a if "lora_B" in k)  # lora_B starts at zero: training moved it
+    assert max(relative(a[k], b[k]) for k in a) < 1e-4
+    # ... while half the batch in one process (other data per step) ends far from it: the check can fail.
+    half, _, _ = launch(tmp_path, method, processes=1, batch=2)
+    c = adapter(half)
+    assert max(relative(c[k], b[k]) for k in c) > 1e-2
+
+
+def adapter(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "adapter" / "adapter_model.safetensors")
+
+
+def relative(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((x - y).norm() / y.norm())
 
 
 def test_ppo_and_augmentation_refuse_several_processes(monkeypatch, tmp_path):
@@ -104,9 +117,12 @@ def test_num_processes_builds_the_accelerate_command(monkeypatch):
     monkeypatch.setattr("subprocess.call", lambda cmd: calls.append(cmd) or 0)
     assert cli.main(["train", "sft", "--num-processes", "2", "train.max_steps=5", "--quiet"]) == 0
     (cmd,) = calls
-    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
-    assert cmd[cmd.index("--num_processes") + 1] == "2"
-    assert ("--cpu" in cmd) == (not torch.cuda.is_available())
+    if torch.cuda.is_available():
+        assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in cmd
+        assert cmd[cmd.index("--num_processes") + 1] == "2"
+    else:  # CPU processes with gloo: torchrun (accelerate launch --cpu would start one)
+        assert cmd[1:3] == ["-m", "torch.distributed.run"]
+        assert cmd[cmd.index("--nproc_per_node") + 1] == "2"
     assert cmd[cmd.index("lowtune") - 1 :] == ["-m", "lowtune", "train", "sft", "train.max_steps=5", "--quiet"]
 
 
