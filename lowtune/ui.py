@@ -22,8 +22,11 @@ def say(message: str) -> None:
 
 
 def error(message: str) -> None:
-    where = f"[rank {dist.rank()}] " if dist.distributed() else ""
-    Console(highlight=False, stderr=True).print(f"[bold red]error:[/] {where}{message}", soft_wrap=True)
+    if dist.is_main():
+        console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    else:  # the other processes' console is quiet; their errors still show
+        stderr = Console(highlight=False, stderr=True)
+        stderr.print(f"[bold red]error:[/] [rank {dist.rank()}] {message}", soft_wrap=True)
 
 
 class ProgressCallback(TrainerCallback):

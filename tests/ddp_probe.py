@@ -16,9 +16,12 @@ original = transformers.Trainer.training_step
 
 def training_step(self, model, inputs, *args, **kwargs):
     """Record the rows this process trains on at this step, then train as usual."""
-    ids = inputs.get("input_ids", inputs.get("chosen_input_ids", inputs.get("prompt_input_ids")))
-    mask = inputs.get("attention_mask", inputs.get("chosen_attention_mask", inputs.get("prompt_attention_mask")))
-    rows = [[t for t, m in zip(r, k, strict=True) if m] for r, k in zip(ids.tolist(), mask.tolist(), strict=True)]
+    if isinstance(inputs, list):  # GRPO: the prompts, before generation
+        rows = [str(x.get("prompt")) for x in inputs]
+    else:
+        ids = inputs.get("input_ids", inputs.get("chosen_input_ids"))
+        mask = inputs.get("attention_mask", inputs.get("chosen_attention_mask"))
+        rows = [[t for t, m in zip(r, k, strict=True) if m] for r, k in zip(ids.tolist(), mask.tolist(), strict=True)]
     with (out / f"rows-rank{os.environ.get('RANK', '0')}.jsonl").open("a") as f:
         f.write(json.dumps({"step": self.state.global_step, "rows": rows}) + "\n")
     return original(self, model, inputs, *args, **kwargs)

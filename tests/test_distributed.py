@@ -96,6 +96,32 @@ def relative(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((x - y).norm() / y.norm())
 
 
+@pytest.mark.parametrize("method", ["reward", "grpo"])
+def test_reward_and_grpo_train_in_two_processes(tmp_path, tiny_path, method):
+    extra = {
+        "reward": ["data.source=arithmetic", "data.data_dir=null", "data.max_rows=null", "data.heldout=null",
+                   "data.bad_rows=error"],
+        "grpo": ["train.max_completion_length=8", "train.num_generations=2"],
+    }[method]  # fmt: skip
+    out = tmp_path / method
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(PROBE), str(out),
+           *common(method, out, 2)[:-1], "train.max_steps=2", *extra, "--quiet"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 2
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    assert rows(out, 0).keys() == rows(out, 1).keys() == {0, 1}  # both processes trained every step
+    if method == "reward":
+        assert summary["pairwise_after"]["n"] > 0
+        assert all(not set(map(tuple, rows(out, 0)[s])) & set(map(tuple, rows(out, 1)[s])) for s in (0, 1))
+    else:
+        assert summary["eval_after"] is not None
+
+
 def test_ppo_and_augmentation_refuse_several_processes(monkeypatch, tmp_path):
     from lowtune.errors import LowtuneError
 

@@ -40,9 +40,9 @@ CHILD = textwrap.dedent(
                 os.kill(os.getpid(), signal.{signal})
 
     fit = recipes.fit
-    def fit_with_stop(trainer, run, recipe):
+    def fit_with_stop(trainer, *args):
         trainer.add_callback(Stop())
-        return fit(trainer, run, recipe)
+        return fit(trainer, *args)
     recipes.fit = fit_with_stop
     import importlib
     for module in recipes.METHODS.values():

@@ -79,8 +79,9 @@ def train(recipe: Recipe, resume: Path | None = None) -> tuple[RunDir, dict[str,
         if dist.is_main() and resume is None and not run.last_checkpoint() and not run.adapter.exists():
             shutil.rmtree(run.path, ignore_errors=True)
         raise
+    summary = {**summary, "processes": dist.world_size()}
     if dist.is_main():
-        run.write_summary({**summary, "processes": dist.world_size()})
+        run.write_summary(summary)
     return run, summary
 
 
