@@ -47,19 +47,32 @@ def describe(info: dict[str, Any]) -> str:
     return f"{where}; torch {info['torch']}"
 
 
+def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table (a `|` inside a cell becomes `/`)."""
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows),
+    ]
+
+
+def s_per_step(logs: list[dict], skip: int) -> float | None:
+    """Seconds per step between the log at step `skip` (or the first after it) and the last log; None
+    with fewer than two such logs. `logs` are {"step", "time"} records, as metrics.jsonl has them."""
+    measured = [r for r in logs if r["step"] >= skip]
+    if len(measured) < 2:
+        return None
+    first, last = measured[0], measured[-1]
+    return (last["time"] - first["time"]) / (last["step"] - first["step"])
+
+
 def write_report(
     stem: Path, report: dict, columns: list[str], rows: list[list[str]], bars: dict[str, float], ylabel: str
 ) -> None:
     """Write stem.json, stem.md (a table with the machine) and stem.png (a bar chart)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
-        f"Machine: {describe(report['machine'])}",
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = [f"Machine: {describe(report['machine'])}", "", *markdown_table(columns, rows)]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     import matplotlib
 

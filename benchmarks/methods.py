@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import describe, machine_info  # noqa: E402
+from benchmarks.machine import describe, machine_info, markdown_table  # noqa: E402
 
 METHODS = ["sft", "dpo", "grpo", "ppo", "ppo-rm", "toolformer", "sft-grpo"]
 RECIPE = {"sft": "sft", "dpo": "dpo", "grpo": "grpo", "ppo": "ppo", "ppo-rm": "ppo", "toolformer": "sft"}
@@ -85,10 +85,6 @@ def part(summary: dict, name: str) -> dict:
 
 
 def worker(method: str, cfg: dict, workdir: Path) -> dict:
-    from lowtune import builtin, ui
-
-    if cfg["model"] in builtin.BUILTINS:
-        builtin.ensure(cfg["model"], ui.say)
     minutes = cfg["minutes"]
     if method == "base":
         return base_accuracy(cfg)
@@ -351,9 +347,7 @@ def write(stem: Path, report: dict) -> None:
         f"Machine: {describe(report['machine'])}. Budget: {budget} per method; held-out 2-digit addition, "
         f"n={s['n']}, greedy; base model {report['base']['accuracy']:.0%}.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-        *("| " + " | ".join(r) + " |" for r in table_rows(report)),
+        *markdown_table(COLUMNS, table_rows(report)),
     ]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import machine_info, write_report  # noqa: E402
+from benchmarks.machine import machine_info, s_per_step, write_report  # noqa: E402
 
 SETTINGS = dict(batch=8, lr=3e-4, r=16, alpha=32, rows=2000, warmup=5)
 
@@ -99,12 +99,6 @@ def lowtune_worker(steps: int, out: Path) -> None:
     run, _ = recipes.train(recipe)
     logs = [json.loads(line) for line in run.metrics.read_text().splitlines()]
     (out / "lowtune.json").write_text(json.dumps([{"step": r["step"], "time": r["time"]} for r in logs if "loss" in r]))
-
-
-def s_per_step(logs: list[dict], skip: int) -> float:
-    first = next(r for r in logs if r["step"] >= skip)
-    last = logs[-1]
-    return (last["time"] - first["time"]) / (last["step"] - first["step"])
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import describe, machine_info  # noqa: E402
+from benchmarks.machine import describe, machine_info, markdown_table, s_per_step  # noqa: E402
 
 PACKAGES = ("transformers", "trl", "peft", "bitsandbytes")
 LORA = dict(r=16, alpha=32, target_modules="all-linear")
@@ -192,13 +192,11 @@ def _rss_mb() -> float:
 
 def _memory(baseline_rss: float) -> dict[str, Any]:
     """Peak resident set of this process, and on CUDA the peak allocated/reserved since the last reset."""
-    import resource
-
     import torch
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-    out = {"peak_rss_mb": round(peak_mb, 1), "rss_after_imports_mb": round(baseline_rss, 1)}
+    from lowtune.runs import peak_memory_mb
+
+    out = {"peak_rss_mb": round(peak_memory_mb(torch.device("cpu")), 1), "rss_after_imports_mb": round(baseline_rss, 1)}
     if torch.cuda.is_available():
         out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out["cuda_max_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
@@ -416,15 +414,6 @@ def _worker_main(spec_path: str) -> None:
 
 
 # ---------------------------------------------------------------- figures from logs
-
-
-def s_per_step(logs: list[dict], skip: int) -> float | None:
-    """Seconds per step between the log at step `skip` (or the first after it) and the last log."""
-    measured = [r for r in logs if r["step"] >= skip]
-    if len(measured) < 2:
-        return None
-    first, last = measured[0], measured[-1]
-    return (last["time"] - first["time"]) / (last["step"] - first["step"])
 
 
 def speed(result: dict, spec: dict, skip: int) -> dict[str, Any]:
@@ -817,13 +806,7 @@ def _write_report(stem: Path, report: dict, columns: list[str], rows: list[list[
     """stem.json (everything, per-step logs included) and stem.md (the machine, the table, the notes)."""
     report["notes"] = notes
     _write_json(stem, report)
-    lines = [
-        f"Machine: {describe(report['machine'])}",
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
+    lines = [f"Machine: {describe(report['machine'])}", "", *markdown_table(columns, rows)]
     lines += ["", *notes] if notes else []
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
