@@ -4,6 +4,7 @@
     python benchmarks/throughput.py cpu --quick          # smoke run (under a minute)
     python benchmarks/throughput.py cuda --out DIR       # real shapes, random weights, one GPU (at most ~8 min)
     python benchmarks/throughput.py cuda --dry-run-cpu   # the cuda code path on a tiny shape, on the CPU
+    python benchmarks/throughput.py merge A.json B.json  # one cuda report from calls that ran parts of the plan
 
 cpu: SFT tokens/s and peak memory over a grid of precision (nf4: LoRA on a bitsandbytes 4-bit base;
 bf16, fp32: LoRA on a 16-/32-bit base), gradient checkpointing (off, on) and sequence length (256,
@@ -22,8 +23,8 @@ in bf16; each worker loads it in NF4 (QLoRA) as lowtune does on CUDA. Peak GPU m
 and max reserved from the start of training) and speed of lowtune's SFT, DPO and GRPO recipes
 (GRPO: 8 generations x 512 tokens; random weights rarely emit EOS, so completions run the full
 512: the worst case). At --compare-shape GRPO also runs as a plain TRL + PEFT + bitsandbytes script
-(TRL's defaults, which turn gradient checkpointing on), and lowtune with gradient checkpointing and
-with model.logprob_kernel=lowtune. Measurements run in priority order within --budget seconds;
+(TRL's defaults, which turn gradient checkpointing on), and lowtune with gradient checkpointing off
+and with model.logprob_kernel=lowtune. Measurements run in priority order within --budget seconds;
 the JSON is rewritten after each one.
 
 Writes throughput_{cpu,cuda}.{json,md,png} under --out (default benchmarks/results).
@@ -590,8 +591,6 @@ def _cpu_figure(stem: Path, summary: list[dict], report: dict) -> None:
 def cuda(args) -> None:
     import torch
 
-    from lowtune import ui
-
     if not torch.cuda.is_available() and not args.dry_run_cpu:
         raise SystemExit(
             "throughput.py cuda: no CUDA device is visible. Run `throughput.py cpu` here, or `cuda --dry-run-cpu` to "
@@ -652,6 +651,8 @@ def cuda(args) -> None:
                 if variant == "plain":
                     spec["learning_rate"] = _recipe_lr(method)
                 result = run_worker(spec, min(args.timeout, left))
+                if "timed out" in result.get("error", "") and left < args.timeout:
+                    result["error"] = f"stopped at the --budget deadline after {left:.0f} s (not a fault)"
                 row.update(speed(result, spec, args.skip))
                 row.update({k: v for k, v in result.items() if k != "logs"}, logs=result.get("logs"))
             report["measurements"].append(row)
@@ -661,6 +662,13 @@ def cuda(args) -> None:
                 f"{_fmt(row['tokens_per_s'])} tok/s"))  # fmt: skip
             report["wall_time_s"] = round(time.perf_counter() - start, 1)
             _write_json(stem, report)
+    _cuda_finish(stem, report, compare)
+
+
+def _cuda_finish(stem: Path, report: dict, compare: str) -> None:
+    """Table, notes, figure and console table of a cuda report (JSON, Markdown, PNG under stem)."""
+    from lowtune import ui
+
     table, notes, comparison = cuda_table(report["measurements"], compare)
     report["grpo_comparison"] = comparison
     columns = ["shape", "method", "variant", "peak GiB", "peak reserved GiB", "at start GiB", "s/step", "tokens/s",
@@ -672,19 +680,42 @@ def cuda(args) -> None:
         say(note)
 
 
+def merge(args) -> None:
+    """One cuda report from several calls' JSON files (a short GPU lease may run the plan in parts): the
+    measurements in order, a measured row replacing an earlier skipped or failed one for the same
+    shape, method and variant. The calls must have run on the same GPU with the same versions."""
+    reports = [json.loads(Path(f).read_text()) for f in args.reports]
+    if any(r.get("benchmark") != "throughput_cuda" for r in reports):
+        raise SystemExit("throughput.py merge: every file must be a throughput_cuda.json written by `cuda`")
+    machines = {describe(r["machine"]) + str([r["machine"].get(k) for k in PACKAGES]) for r in reports}
+    if len(machines) > 1:
+        raise SystemExit(f"throughput.py merge: the files come from different machines or versions: {sorted(machines)}")
+    rows: dict[tuple, dict] = {}
+    for r in reports:
+        for row in r["measurements"]:
+            key = (row["shape"], row["method"], row["variant"])
+            if key not in rows or "error" in rows[key] or "error" not in row:
+                rows[key] = row
+    first = reports[0]
+    merged = {"benchmark": "throughput_cuda", "machine": first["machine"],
+              "settings": {**first["settings"], "merged_from": [r["settings"] for r in reports]},
+              "models": {k: v for r in reports for k, v in r["models"].items()}, "measurements": list(rows.values()),
+              "wall_time_s": round(sum(r.get("wall_time_s", 0) for r in reports), 1)}  # fmt: skip
+    _cuda_finish(args.out / "throughput_cuda", merged, first["settings"]["compare_shape"])
+
+
 def _cuda_plan(shapes: list[str], methods: list[str], compare: str, variants: list[str]) -> list[tuple[str, str, str]]:
-    """(shape, method, variant) in priority order: the GRPO comparison first, then every shape x method,
-    the log-prob kernel variant last."""
-    plan = []
-    if "grpo" in methods and compare in shapes:
-        plan += [(compare, "grpo", "lowtune")] + [(compare, "grpo", v) for v in ("plain", "no-gc") if v in variants]
+    """(shape, method, variant) in priority order: the GRPO comparison (lowtune, plain) first, then every
+    shape x method, the other GRPO variants last."""
+    grpo_here = "grpo" in methods and compare in shapes
+    plan = [(compare, "grpo", v) for v in ("lowtune", "plain") if v == "lowtune" or v in variants] if grpo_here else []
     order = [compare] + [s for s in shapes if s != compare] if compare in shapes else shapes
     for shape in order:
         plan += [
             (shape, m, "lowtune") for m in ("sft", "dpo", "grpo") if m in methods and (shape, m, "lowtune") not in plan
         ]
-    if "grpo" in methods and compare in shapes and "kernel" in variants:
-        plan.append((compare, "grpo", "kernel"))
+    if grpo_here:
+        plan += [(compare, "grpo", v) for v in ("no-gc", "kernel") if v in variants]
     return plan
 
 
@@ -741,6 +772,13 @@ def cuda_table(rows: list[dict], compare: str) -> tuple[list[list[str]], list[st
             + f". Target at most 0.50: {'met' if ratios['lowtune'] <= 0.5 else 'NOT met'} with lowtune's defaults"
             + (f", {'met' if best <= 0.5 else 'NOT met'} by the best variant ({best:.2f})" if len(ratios) > 1 else "")
         )
+        floor = (start_mb(plain) or 0) / peak_mb(plain)
+        if best > 0.5 and floor > 0.5:
+            notes.append(
+                f"The plain run held {_gib(start_mb(plain)):.2f} GiB when training began (the NF4 model and adapter), "
+                f"{floor:.0%} of its peak: half its peak is less than the quantized model itself, so no run that "
+                "keeps the same NF4 weights on the GPU can reach the 0.50 target."
+            )
     elif (compare, "grpo", "lowtune") in by:
         notes.append(f"GRPO comparison at {compare}: incomplete (a side failed or was skipped); no ratio")
     comparison["plain_gradient_checkpointing"] = (plain.get("checks") or {}).get("gradient_checkpointing")
@@ -769,10 +807,12 @@ def _cuda_figure(stem: Path, report: dict, compare: str) -> None:
     names = ["lowtune" if r["variant"] == "lowtune" else VARIANTS[r["variant"]] for r in grpo]
     ax2.bar(range(len(grpo)), [_gib(peak_mb(r)) for r in grpo],
             color=["#888" if r["variant"] == "plain" else "#2a7" for r in grpo])  # fmt: skip
+    ax2.bar(range(len(grpo)), [_gib(start_mb(r) or 0) for r in grpo], width=0.5, color="#335", alpha=0.5,
+            label="at start of training (model + adapter)")  # fmt: skip
     plain = next((r for r in grpo if r["variant"] == "plain"), None)
     if plain:
         ax2.axhline(_gib(peak_mb(plain)) / 2, color="#c33", linestyle="--", linewidth=1, label="target: half of plain")
-        ax2.legend(fontsize=8)
+    ax2.legend(fontsize=8)
     ax2.set_xticks(
         range(len(grpo)), [n.replace(" + ", "\n+ ", 1) if n.startswith("lowtune") else n for n in names], fontsize=7
     )
@@ -847,10 +887,12 @@ def main() -> None:
     g.add_argument("--tokenizer", default=str(builtin.model_path("smollm2-135m-instruct")),
                    help="directory with the tokenizer to save beside each random model")  # fmt: skip
     g.add_argument("--dry-run-cpu", action="store_true", help="the same path on the CPU with a tiny shape")
-    for p in (c, g):
+    m = sub.add_parser("merge", help="one cuda report from several calls' throughput_cuda.json files")
+    m.add_argument("reports", nargs="+", type=Path)
+    for p in (c, g, m):
         p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    (cpu if args.what == "cpu" else cuda)(args)
+    {"cpu": cpu, "cuda": cuda, "merge": merge}[args.what](args)
 
 
 if __name__ == "__main__":
