@@ -1,16 +1,17 @@
-"""Toolformer on the builtin SmolLM2-135M: augmentation + SFT, then word problems with and without the calculator.
+"""Toolformer on the builtin SmolLM2-135M: the shipped `toolformer` recipe, then word problems with and
+without the calculator, and where the model's own calls land in GSM8K solutions.
 
-    python benchmarks/toolformer.py                    # about 30 min on 2 cores
-    python benchmarks/toolformer.py --texts 40 --steps 20 --n 30   # a quick look
+    python benchmarks/toolformer.py                           # about 30 min on 2 cores
+    python benchmarks/toolformer.py --gsm8k 0 --set data.n_train=40 --set train.max_steps=20   # a quick look
 
-1. Stories with 3-digit arithmetic (`lowtune.data.arithmetic_text`), each paired with the question it
-   answers, are annotated with calculator calls by the base model itself (`lowtune.tools.augment`,
-   CPU-sized: top-k positions and samples per position below the paper's 20 / 10).
-2. SFT (LoRA) on chat rows: user = the question, assistant = the story with its kept calls (a story
-   with no kept call stays as it was, as in the paper's augmented dataset).
-3. Held-out word problems (never sharing numbers with the stories), greedy, answer = last number:
-   the base model without tools, and the fine-tuned model with the calculator (decode to "->", run
-   it, insert the result) and without it.
+1. `lowtune train toolformer` (recipes/toolformer.yaml) in a fresh process: the base model annotates
+   3-digit arithmetic stories (each the reply to its word problem) with calculator calls, SFT trains on
+   the annotated replies, and the held-out word problems (no story shares their numbers) are answered
+   with tool-augmented generation before (base model) and after (tuned model).
+2. The same held-out problems without tools, for the base model (adapter off) and the tuned model.
+3. GSM8K test solutions with their <<...>> annotations removed (../shared/data/gsm8k/test.jsonl),
+   annotated by the base model with the recipe's settings: how many kept calls land within 2 tokens of
+   where the human annotators computed something, and how many of those places get a kept call.
 
 Writes benchmarks/results/toolformer_arithmetic.{json,md,png}.
 """
@@ -27,117 +28,124 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import machine_info, write_report  # noqa: E402
+from benchmarks.machine import machine_info, train_run, write_report  # noqa: E402
 from lowtune import ui  # noqa: E402
 
+RECIPE = ROOT / "recipes" / "toolformer.yaml"
+FIELDS = ("question", "reply", "answer")
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
-def accuracy(model, tokenizer, problems, tools, max_new_tokens: int) -> tuple[float, list[dict]]:
-    from lowtune.rewards import extract_answer, to_number
-    from lowtune.tools.generate import generate_with_tools
 
-    rows = []
-    with ui.progress_bar("eval", len(problems)) as advance:
-        for p in problems:
-            reply, calls = generate_with_tools(model, tokenizer, p.question, tools, max_new_tokens)
-            rows.append({"question": p.question, "reply": reply, "answer": p.answer, "calls": calls,
-                         "correct": to_number(extract_answer(reply)) == p.answer})  # fmt: skip
+def gsm8k_agreement(model, tokenizer, recipe, n: int) -> dict:
+    """Annotate the first `n` GSM8K test solutions with the recipe's augmentation settings."""
+    from lowtune.data.arithmetic_text import load_texts
+    from lowtune.tools import load_tool
+    from lowtune.tools.augment import Augmenter
+
+    texts, human = load_texts(str(GSM8K), n)
+    cfg = recipe.augment
+    chosen = {"tau_s": cfg.tau_s, "tau_f": cfg.tau_f, "top_k": cfg.top_k, "samples": cfg.samples}
+    augmenter = Augmenter(model, tokenizer, [load_tool(t) for t in cfg.tools],
+                          {k: v for k, v in chosen.items() if v is not None}, batch_size=cfg.batch_size)  # fmt: skip
+    near_kept = near_human = kept = 0
+    examples = []
+    start = time.perf_counter()
+    with ui.progress_bar("gsm8k", len(texts)) as advance:
+        for text, positions in zip(texts, human, strict=True):
+            result = augmenter.augment_one(text)
+            a, b = augmenter.agreement(result, positions)
+            near_kept, near_human, kept = near_kept + a, near_human + b, kept + len(result.calls)
+            if result.calls and len(examples) < 3:
+                examples.append(result.annotated)
             advance()
-    return sum(r["correct"] for r in rows) / len(rows), rows
+    return {"texts": len(texts), "human_positions": sum(map(len, human)), "kept": kept,
+            "kept_near_human": near_kept, "human_with_kept": near_human,
+            "stats": {name: vars(s) for name, s in augmenter.stats.items()},
+            "seconds": round(time.perf_counter() - start, 1),
+            "examples": examples}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--texts", type=int, default=150)
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--samples", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--n", type=int, default=60, help="held-out word problems")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    parser.add_argument("--gsm8k", type=int, default=50, help="GSM8K test solutions to annotate (0: skip)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
     import torch
 
-    from lowtune import models, recipes
-    from lowtune.config import ModelConfig, load_recipe
-    from lowtune.data.arithmetic_text import story_problems, word_problems
-    from lowtune.tools import Calculator
-    from lowtune.tools.augment import Augmenter
+    from lowtune import evaluate, models
+    from lowtune.config import load_recipe
+    from lowtune.tools import load_tool
 
-    torch.manual_seed(0)
-    base, tokenizer = models.load(ModelConfig(name="smollm2-135m-instruct"))
-    base.eval()
-    calculator = [Calculator()]
-    triples = story_problems(args.texts)
-    start = time.perf_counter()
-    augmenter = Augmenter(base, tokenizer, calculator, dict(top_k=args.top_k, samples=args.samples))
-    annotated = []
-    with ui.progress_bar("augment", len(triples)) as advance:
-        for _, story, _ in triples:
-            annotated.append(augmenter.augment_one(story))
-            advance()
-    augment_s = time.perf_counter() - start
-    stats = augmenter.stats["Calculator"]
-    problems = word_problems(args.n)
-    base_acc, base_rows = accuracy(base, tokenizer, problems, [], args.max_new_tokens)
-    base_tools_acc, _ = accuracy(base, tokenizer, problems, calculator, args.max_new_tokens)
-
+    recipe = load_recipe(RECIPE, args.set)
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "toolformer.jsonl"
-        rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a.annotated}]}
-                for (q, _, _), a in zip(triples, annotated, strict=True)]  # fmt: skip
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        recipe = load_recipe(
-            ROOT / "recipes" / "sft.yaml",
-            [f"data.source={data}", "data.format=messages", f"train.max_steps={args.steps}", "eval.task=null",
-             f"output.dir={tmp}/runs", "output.quiet=true"],
-        )  # fmt: skip
-        run, summary = recipes.train(recipe)
-        tuned, tokenizer2, _ = models.load_for_inference(str(run.path))
-        tuned_tools_acc, tuned_rows = accuracy(tuned, tokenizer2, problems, calculator, args.max_new_tokens)
-        tuned_acc, _ = accuracy(tuned, tokenizer2, problems, [], args.max_new_tokens)
+        run = train_run(RECIPE, "toolformer", [f"output.dir={tmp}", *args.set])
+        summary = json.loads((run / "summary.json").read_text())
+        augmented = [json.loads(line) for line in (run / "augmented.jsonl").read_text().splitlines()]
+        torch.manual_seed(0)
+        model, tokenizer, _ = models.load_for_inference(str(run))
+        cfg = recipe.eval
+        common = dict(n=cfg.n, digits=cfg.digits or recipe.data.digits, max_new_tokens=cfg.max_new_tokens)
+        tuned = evaluate.word_problem_accuracy(model, tokenizer, **common)
+        tools = [load_tool(t) for t in cfg.tools]
+        tuned_tools = evaluate.word_problem_accuracy(model, tokenizer, tools=tools, **common)  # for its examples
+        with model.disable_adapter():
+            base = evaluate.word_problem_accuracy(model, tokenizer, **common)
+            gsm8k = gsm8k_agreement(model, tokenizer, recipe, args.gsm8k) if args.gsm8k else None
 
-    kept_texts = sum(bool(a.calls) for a in annotated)
+    before, after = summary["eval_before"], summary["eval_after"]
+    aug = summary["augmentation"]
+    stats = next(iter(aug["tools"].values()))
+    ratio = after["accuracy"] / base.accuracy if base.accuracy else float("inf")
     report = {
         "benchmark": "toolformer_arithmetic",
         "machine": machine_info(),
-        "settings": vars(args) | {"out": str(args.out)},
-        "augmentation": {
-            "texts": stats.texts,
-            "positions": stats.positions,
-            "sampled": stats.sampled,
-            "executed": stats.executed,
-            "kept": stats.kept,
-            "texts_with_a_kept_call": kept_texts,
-            "seconds": round(augment_s, 1),
-        },  # fmt: skip
-        "sft": {k: summary[k] for k in ("steps", "wall_time_s", "first_loss", "final_loss")},
+        "recipe": str(RECIPE.relative_to(ROOT)),
+        "overrides": args.set,
+        "augmentation": aug,
+        "sft": {k: summary.get(k) for k in ("steps", "wall_time_s", "first_loss", "final_loss")},
         "accuracy": {
-            "base": base_acc,
-            "base_with_calculator": base_tools_acc,
-            "tuned_with_calculator": tuned_tools_acc,
-            "tuned_without_calculator": tuned_acc,
-        },  # fmt: skip
-        "calls_made_by_tuned_model": sum(bool(r["calls"]) for r in tuned_rows),
+            "base_without_tools": base.accuracy,
+            "base_with_calculator": before["accuracy"],
+            "tuned_with_calculator": after["accuracy"],
+            "tuned_without_calculator": tuned.accuracy,
+            "tuned_with_calculator_rerun": tuned_tools.accuracy,
+        },
+        "replies_with_a_call": {"base": before.get("replies_with_a_call"), "tuned": after.get("replies_with_a_call")},
+        "n": cfg.n,
+        "ratio_tuned_with_calculator_to_base": ratio,
+        "gsm8k": gsm8k,
         "examples": {
-            "augmented": [a.annotated for a in annotated if a.calls][:5],
-            "base": base_rows[:3],
-            "tuned_with_calculator": tuned_rows[:5],
-        },  # fmt: skip
-    }
+            "augmented": [r["annotated"] for r in augmented if r["calls"]][:5],
+            "base": [dict(zip(FIELDS, e, strict=True)) for e in base.examples[:3]],
+            "tuned_with_calculator": [dict(zip(FIELDS, e, strict=True)) for e in tuned_tools.examples[:5]],
+        },
+    }  # fmt: skip
+    n = cfg.n
+    calls = lambda e: f"{e.get('replies_with_a_call')} of {n} replies called it"  # noqa: E731
     table = [
-        ["augmentation", f"{stats.texts} stories: {stats.positions} positions, {stats.sampled} calls sampled, "
-                         f"{stats.executed} executed, {stats.kept} kept ({kept_texts} stories with a call), "
-                         f"{augment_s / 60:.1f} min"],
+        ["augmentation", f"{aug['rows']} stories: {stats['positions']} positions, {stats['sampled']} calls sampled, "
+                         f"{stats['executed']} executed, {stats['kept']} kept; {aug['rows_with_calls']} stories "
+                         f"with a call, {aug['seconds'] / 60:.1f} min"],
         ["SFT", f"{summary['steps']} steps, {summary['wall_time_s'] / 60:.1f} min"],
-        [f"held-out 3-digit word problems (n={args.n}), base model, no tools", f"{base_acc:.0%}"],
-        ["base model with the calculator", f"{base_tools_acc:.0%}"],
-        ["after augmentation + SFT, with the calculator", f"{tuned_tools_acc:.0%}"],
-        ["after augmentation + SFT, without it", f"{tuned_acc:.0%}"],
-        ["replies of the tuned model that called the calculator", f"{report['calls_made_by_tuned_model']} of {args.n}"],
+        [f"held-out 3-digit word problems (n={n}), base model, no tools", f"{base.accuracy:.0%}"],
+        ["base model with the calculator", f"{before['accuracy']:.0%} ({calls(before)})"],
+        ["after augmentation + SFT, with the calculator", f"{after['accuracy']:.0%} ({calls(after)})"],
+        ["after augmentation + SFT, without it", f"{tuned.accuracy:.0%}"],
+        ["tuned with the calculator / base without tools", f"{ratio:.1f}x (target: at least 2x)"],
     ]  # fmt: skip
-    write_report(args.out / "toolformer_arithmetic", report, ["figure", "value"], table,
-                 {"base": base_acc, "tuned + calculator": tuned_tools_acc}, "held-out accuracy")  # fmt: skip
+    if gsm8k:
+        table += [
+            [f"GSM8K test solutions (n={gsm8k['texts']}), kept calls",
+             f"{gsm8k['kept']} ({gsm8k['seconds'] / 60:.1f} min)"],
+            ["kept calls within 2 tokens of a human annotation", f"{gsm8k['kept_near_human']} of {gsm8k['kept']}"],
+            ["human annotations with a kept call within 2 tokens",
+             f"{gsm8k['human_with_kept']} of {gsm8k['human_positions']}"],
+        ]  # fmt: skip
+    bars = {"base, no tools": base.accuracy, "base + calculator": before["accuracy"],
+            "tuned, no tools": tuned.accuracy, "tuned + calculator": after["accuracy"]}  # fmt: skip
+    write_report(args.out / "toolformer_arithmetic", report, ["figure", "value"], table, bars, "held-out accuracy")
     ui.summary_table("Toolformer on SmolLM2-135M: 3-digit word problems", [tuple(r) for r in table])
 
 

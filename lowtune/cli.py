@@ -178,6 +178,12 @@ def cmd_train(args) -> int:
         rows.append(
             (f"{before['task']} accuracy (n={before['n']})", f"{before['accuracy']:.0%} → {after['accuracy']:.0%}")
         )
+        if after.get("tools"):
+            calls = f"{before.get('replies_with_a_call')} → {after.get('replies_with_a_call')} of {after['n']}"
+            rows.append((f"replies that called {', '.join(after['tools'])}", calls))
+    if summary.get("augmentation"):
+        aug = summary["augmentation"]
+        rows.append(("Toolformer augmentation", f"{aug['rows_with_calls']} of {aug['rows']} rows got a call"))
     before, after = summary.get("pairwise_before"), summary.get("pairwise_after")
     if before and after:
         rows.append(
@@ -200,7 +206,10 @@ def cmd_train(args) -> int:
             f'try: lowtune score {run.path} --prompt "..." --reply "..."'
         )
     else:
-        ui.say(f'adapter saved to {run.adapter}; try: lowtune generate {run.path} --prompt "What is 23 + 58?"')
+        tools = (summary.get("eval_after") or {}).get("tools")
+        example = "Ken buys 16 packs of 986 shells. How many shells is that?" if tools else "What is 23 + 58?"
+        also = f" --tools {','.join(tools)}" if tools else ""
+        ui.say(f'adapter saved to {run.adapter}; try: lowtune generate {run.path} --prompt "{example}"{also}')
     return 0
 
 

@@ -1,8 +1,8 @@
 """Recipe schema: typed dataclasses, YAML loading, `a.b=c` overrides, validation.
 
 A recipe is one YAML file with the sections `method`, `model`, `lora`, `data`, `train`, `rewards`,
-`eval`, `budget` and `output`. Every field below is documented where it is declared (`lowtune recipes --explain`
-prints them). The `train` section is passed through to TRL's config class for the method
+`eval`, `augment`, `budget` and `output`. Every field below is documented where it is declared
+(`lowtune recipes --explain` prints them). The `train` section is passed through to TRL's config class for the method
 (e.g. `trl.SFTConfig`), so every TRL/transformers training argument works there and is checked
 against that class.
 """
@@ -58,13 +58,15 @@ class ModelConfig:
     )
     device: str = _doc("auto (CUDA if available, else CPU), cpu, or cuda", default="auto")
     gradient_checkpointing: bool | str = _doc(
-        "recompute activations in backward: far less memory, about 30% slower. auto: on with CUDA (where "
-        "memory is the limit: GRPO at the Qwen2.5-1.5B shape peaked at 20.7 GiB without, see README), off on CPU",
+        "recompute activations in backward: far less memory, about 25% slower. auto: on with CUDA (where "
+        "memory is the limit: GRPO at the Qwen2.5-1.5B shape peaks at 2.2 GiB with it, as plain TRL does; "
+        "it peaked at 20.7 GiB without it and with an fp32 upcast since removed, see README), off on CPU",
         default="auto",
     )
     logprob_kernel: str = _doc(
         "per-token log-probs inside TRL's GRPO trainer: auto (lowtune's token_logprobs on CPU, where "
-        "it measured 3-5x faster than TRL's chunked path; TRL's own on CUDA until measured there), "
+        "it measured 3-5x faster than TRL's chunked path; TRL's own on CUDA, where an H200 measured the two "
+        "alike in forward + backward), "
         "lowtune, or trl",
         default="auto",
     )
@@ -89,7 +91,8 @@ class LoraConfig:
 @dataclass
 class DataConfig:
     source: str = _doc(
-        "builtin task (`arithmetic`), local file (.jsonl/.json/.csv/.parquet) or directory, "
+        "builtin task (`arithmetic`; `arithmetic-text`: short stories with 3-digit arithmetic, each the reply "
+        "to the word problem it answers, for Toolformer), local file (.jsonl/.json/.csv/.parquet) or directory, "
         "or Hugging Face dataset name",
         default="arithmetic",
     )
@@ -118,8 +121,8 @@ class DataConfig:
         default="error",
     )
     seed: int = _doc("seed for the builtin task and row shuffling", default=0)
-    n_train: int = _doc("arithmetic: number of training problems", default=2000)
-    digits: int = _doc("arithmetic: digits per operand", default=2)
+    n_train: int = _doc("arithmetic, arithmetic-text: number of training problems", default=2000)
+    digits: int = _doc("arithmetic, arithmetic-text: digits per operand", default=2)
     operations: list[str] = _doc("arithmetic: operations to draw from (+, -, *)", default_factory=lambda: ["+"])
     operands: int = _doc("arithmetic: operands per problem, 2 to 4", default=2)
 
@@ -140,7 +143,8 @@ class RewardsConfig:
 @dataclass
 class EvalConfig:
     task: str | None = _doc(
-        "held-out task scored before and after training (`arithmetic`), or null to skip",
+        "held-out task scored before and after training: `arithmetic` (the builtin task's problems), "
+        "`word_problems` (held-out questions like arithmetic-text's, answer = last number), or null to skip",
         default="arithmetic",
     )
     n: int = _doc("number of held-out problems", default=100)
@@ -160,6 +164,26 @@ class EvalConfig:
         "metrics.jsonl and summary.json); evaluation time is not counted as training time",
         default=None,
     )
+
+
+@dataclass
+class AugmentConfig:
+    tools: list[str] = _doc(
+        "SFT only: Toolformer augmentation first (Schick et al. 2023). The base model annotates each training "
+        "reply (or text) with calls to these tools (calculator, calendar, search, or module:attr), keeps the "
+        "calls that make the following text easier to predict, and SFT trains on the annotated rows; written "
+        "to the run's augmented.jsonl. Empty: plain SFT",
+        default_factory=list,
+    )
+    top_k: int | None = _doc("positions per text (default: the paper's, calculator 20, others 5)", default=None)
+    samples: int | None = _doc("calls sampled per position (default: calculator 10, others 5)", default=None)
+    tau_s: float | None = _doc("sampling threshold on p('[') (default: calculator 0, others 0.05)", default=None)
+    tau_f: float | None = _doc("filtering threshold L- - L+ (default: calculator 0.5, others 1.0)", default=None)
+    only_with_calls: bool = _doc(
+        "train only on the rows that got a kept call (default: every row, those without a call as they were)",
+        default=False,
+    )
+    batch_size: int = _doc("sequences per forward pass or sampling batch", default=32)
 
 
 @dataclass
@@ -190,6 +214,7 @@ class Recipe:
     train: dict[str, Any] = _doc("fields of TRL's config class for the method, passed through", default_factory=dict)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -378,12 +403,25 @@ def _check_choices(recipe: Recipe, at) -> None:
             raise LowtuneError(f"{at(dotted)}: {dotted} must be 2..4, got {value}")
     from lowtune.tools import BUILTIN as TOOLS
 
-    for tool in recipe.eval.tools:
-        if ":" not in tool and tool.lower() not in TOOLS:
-            raise LowtuneError(
-                f"{at('eval.tools')}: unknown tool {tool}{did_you_mean(tool.lower(), TOOLS)}; "
-                "a user tool is module.path:attribute"
-            )
+    for dotted, tools in (("eval.tools", recipe.eval.tools), ("augment.tools", recipe.augment.tools)):
+        for tool in tools:
+            if ":" not in tool and tool.lower() not in TOOLS:
+                raise LowtuneError(
+                    f"{at(dotted)}: unknown tool {tool}{did_you_mean(tool.lower(), TOOLS)}; "
+                    "a user tool is module.path:attribute"
+                )
+    tasks = ("arithmetic", "word_problems")
+    if recipe.eval.task is not None and recipe.eval.task not in tasks:
+        raise LowtuneError(
+            f"{at('eval.task')}: unknown eval.task {recipe.eval.task}{did_you_mean(recipe.eval.task, tasks)}; "
+            f"choose {', '.join(tasks)} or null"
+        )
+    if recipe.augment.tools and recipe.method != "sft":
+        raise LowtuneError(f"{at('augment.tools')}: Toolformer augmentation feeds SFT; set method: sft")
+    for dotted in ("augment.top_k", "augment.samples", "augment.batch_size"):
+        value = getattr(recipe.augment, dotted.split(".")[1])
+        if value is not None and value <= 0:
+            raise LowtuneError(f"{at(dotted)}: {dotted} must be positive, got {value}")
     heldout = recipe.data.heldout
     if heldout is not None and (heldout < 0 or (isinstance(heldout, float) and heldout >= 1)):
         raise LowtuneError(f"{at('data.heldout')}: data.heldout is a row count or a fraction in [0, 1), got {heldout}")

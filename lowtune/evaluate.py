@@ -76,9 +76,30 @@ def arithmetic_accuracy(
     operands: int = 2,
     tools: list | None = None,
 ) -> EvalResult:
-    """Greedy accuracy on the first `n` held-out arithmetic problems; with `tools`, the model may call
-    them while answering (`lowtune.tools.generate.generate_with_tools`, one problem at a time)."""
+    """Greedy accuracy on the first `n` held-out arithmetic problems (see `accuracy`)."""
     problems = arithmetic.heldout(n, digits, operations, operands)
+    return accuracy(model, tokenizer, problems, max_new_tokens, batch_size, system_prompt, tools)
+
+
+def word_problem_accuracy(model, tokenizer, n: int = 100, digits: int = 3, **kwargs) -> EvalResult:
+    """Greedy accuracy on the first `n` held-out word problems (`lowtune.data.arithmetic_text`, never in its
+    training stories): "A shop has 875 books and sells 641 of them. How many books are left?" (see `accuracy`)."""
+    from lowtune.data.arithmetic_text import word_problems
+
+    return accuracy(model, tokenizer, word_problems(n, digits), **kwargs)
+
+
+def accuracy(
+    model,
+    tokenizer,
+    problems: list,
+    max_new_tokens: int = 32,
+    batch_size: int = 50,
+    system_prompt: str | None = None,
+    tools: list | None = None,
+) -> EvalResult:
+    """Greedy accuracy on `problems` (each with `question` and integer `answer`); with `tools`, the model may
+    call them while answering (`lowtune.tools.generate.generate_with_tools`, one problem at a time)."""
     questions = [p.question for p in problems]
     was_training = model.training
     model.eval()

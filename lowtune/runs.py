@@ -94,6 +94,10 @@ class RunDir:
     def write_summary(self, summary: dict[str, Any]) -> None:
         _write_atomic(self.summary, json.dumps(summary, indent=2) + "\n")
 
+    def write_file(self, name: str, text: str) -> None:
+        """Write a file of the run (e.g. augmented.jsonl) whole or not at all."""
+        _write_atomic(self.path / name, text)
+
 
 class _MetricsCallback(TrainerCallback):
     """Append one JSON line per logging step."""

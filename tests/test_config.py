@@ -22,8 +22,9 @@ def test_every_shipped_recipe_loads(name):
     recipe = load_recipe(shipped_recipes()[name])
     assert recipe.method in ("sft", "grpo", "reward", "dpo", "ppo")
     assert recipe.model.name
-    # The recipe's name says its method (gpu/ presets name it after the slash).
-    assert name.split("/")[-1].split("-")[0] == recipe.method
+    # The recipe's name says its method (gpu/ presets name it after the slash); toolformer is SFT after augmentation.
+    said = name.split("/")[-1].split("-")[0]
+    assert said == recipe.method or (said == "toolformer" and recipe.method == "sft" and recipe.augment.tools)
 
 
 def test_yaml_values_are_typed(tmp_path):
@@ -80,6 +81,9 @@ def test_unknown_train_key_suggests_the_nearest_with_file_and_line(tmp_path):
         ("data.operations=+,/", "unknown operation '/'"),
         ("train.lr_scheduler_type=bogus", "train.lr_scheduler_type is 'bogus'; choose one of"),
         ("max_steps", "write it as section.field=value"),
+        ("augment.tools=[calculater]", "unknown tool calculater — did you mean calculator?"),
+        ("augment.samples=0", "augment.samples must be positive"),
+        ("eval.task=word_problem", "unknown eval.task word_problem — did you mean word_problems?"),
     ],
 )
 def test_bad_overrides_name_the_field(override, expected):
@@ -117,3 +121,9 @@ def test_override_values_yaml_cannot_parse_stay_text():
     assert recipe.data.system_prompt == "[be brief" and recipe.data.source == "a: b.jsonl"
     with pytest.raises(LowtuneError, match=r"output.name = \{'run': 2\} is not a valid .* \(quote text"):
         load_recipe(None, ["output.name=run: 2"])
+
+
+def test_augmentation_feeds_sft_only():
+    with pytest.raises(LowtuneError, match="Toolformer augmentation feeds SFT; set method: sft"):
+        load_recipe(None, ["method=dpo", "augment.tools=[calculator]"])
+    assert load_recipe(None, ["augment.tools=calculator,calendar"]).augment.tools == ["calculator", "calendar"]

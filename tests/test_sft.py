@@ -96,3 +96,76 @@ def test_bad_data_trains_nothing_and_leaves_no_run_directory(tiny_recipe, tmp_pa
     with pytest.raises(LowtuneError, match=r"bad\.jsonl:1: field 'completion' is empty"):
         recipes.train(tiny_recipe)
     assert list(Path(tiny_recipe.output.dir).iterdir()) == []
+
+
+def _fake_augment_one(self, text):
+    """Stands in for the model's annotation (tested on its own in test_toolformer.py): a call before the
+    text's last number in every other row."""
+    from lowtune.tools.augment import Augmented
+
+    stats = self.stats["Calculator"]
+    stats.texts += 1
+    number = text.rstrip(" .").split()[-2]
+    if stats.texts % 2:
+        return Augmented(text, text)
+    stats.kept += 1
+    call = {"tool": "Calculator", "arg": f"{number} + 0", "result": number, "position": 0, "gain": 1.0}
+    return Augmented(text, text.replace(f" {number} ", f" [Calculator({number} + 0) -> {number}] {number} "), [call])
+
+
+def test_toolformer_augmentation_then_sft_on_the_annotated_rows(tmp_path, monkeypatch):
+    from lowtune.tools.augment import Augmenter, strip_calls
+
+    monkeypatch.setattr(Augmenter, "augment_one", _fake_augment_one)
+    recipe = load_recipe(None, [
+        "model.name=tiny-random", "data.source=arithmetic-text", "data.n_train=6", "data.digits=3",
+        "augment.tools=[calculator]", "train.max_steps=2", "train.per_device_train_batch_size=2",
+        "eval.task=word_problems", "eval.n=2", "eval.tools=[calculator]", "eval.max_new_tokens=4",
+        f"output.dir={tmp_path}", "output.quiet=true",
+    ])  # fmt: skip
+    run, summary = recipes.train(recipe)
+    rows = [json.loads(line) for line in (run.path / "augmented.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and summary["rows"] == 6  # rows without a call train as they were
+    assert [bool(r["calls"]) for r in rows] == [False, True] * 3
+    assert all("[Calculator(" in r["annotated"] and strip_calls(r["annotated"]) == r["text"] for r in rows[1::2])
+    assert (
+        summary["augmentation"]["rows_with_calls"] == 3 and summary["augmentation"]["tools"]["Calculator"]["kept"] == 3
+    )
+    assert summary["eval_after"]["task"] == "word_problems" and summary["eval_after"]["tools"] == ["calculator"]
+    assert (run.path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_toolformer_rows_only_with_calls_and_reused_on_resume(tmp_path, monkeypatch):
+    from lowtune import data
+    from lowtune.recipes import sft
+    from lowtune.runs import RunDir
+    from lowtune.tools.augment import Augmenter
+
+    overrides = ["model.name=tiny-random", "data.source=arithmetic-text", "data.n_train=4", "data.digits=3",
+                 "augment.tools=[calculator]", "augment.only_with_calls=true"]  # fmt: skip
+    recipe = load_recipe(None, overrides)
+    model, tokenizer = models.load(recipe.model, recipe.lora)
+    dataset = data.load(recipe.data, kind="sft")
+    run = RunDir(tmp_path)
+    monkeypatch.setattr(Augmenter, "augment_one", _fake_augment_one)
+    trained, stats = sft.toolformer(model, tokenizer, recipe, run, dataset)
+    assert len(trained) == 2 and stats["rows_with_calls"] == 2  # only the annotated rows
+    for record in trained:
+        reply = record["completion"][-1]["content"]
+        assert "[Calculator(" in reply and record["completion"][-1]["role"] == "assistant"
+    assert [r["content"] for r in trained[0]["prompt"]] == [dataset[1]["prompt"][0]["content"]]
+
+    def never(self, text):
+        raise AssertionError("a resumed run must not annotate again")
+
+    monkeypatch.setattr(Augmenter, "augment_one", never)
+    again, stats_again = sft.toolformer(model, tokenizer, recipe, run, dataset)  # augmented.jsonl is there
+    assert list(again) == list(trained) and stats_again == stats
+
+
+def test_toolformer_with_no_kept_call_and_only_with_calls_says_what_to_do(tiny_recipe):
+    tiny_recipe.data.source, tiny_recipe.data.n_train, tiny_recipe.data.digits = "arithmetic-text", 2, 3
+    tiny_recipe.augment.tools, tiny_recipe.augment.only_with_calls = ["calculator"], True
+    tiny_recipe.augment.top_k, tiny_recipe.augment.samples = 1, 1
+    with pytest.raises(LowtuneError, match="kept no call in 2 rows.*augment.tau_f"):
+        recipes.train(tiny_recipe)

@@ -90,7 +90,9 @@ def test_pipeline_end_to_end_on_tiny_random(tiny_path):
     texts = ["Tom buys 12 pens at 3 dollars each and pays 36 dollars.", "The shop opened 5 days ago."]
     results = augmenter.augment(texts)
     stats = augmenter.stats["Calculator"]
-    assert stats.texts == 2 and stats.positions == 6  # top 3 positions in each text (tau_s = 0)
+    # the calculator's result can only precede a number: 3 numbers in the first text, 1 in the second
+    assert stats.texts == 2 and stats.positions == 4
+    assert augmenter.stats["Calendar"].positions == 6  # the calendar may stand anywhere: the top 3 of each
     assert stats.sampled >= stats.executed >= stats.kept
     for result in results:
         assert strip_calls(result.annotated) == result.text  # only calls were inserted
@@ -145,3 +147,47 @@ def test_augment_and_generate_cli(tmp_path, tiny_path, capsys):
         == 0
     )
     assert "assistant:" in capsys.readouterr().out
+
+
+def test_calculator_positions_are_number_starts_and_calls_use_what_was_said(tiny_path):
+    from lowtune import models
+    from lowtune.tools.augment import candidate_positions
+
+    tokenizer = models.load_tokenizer(str(tiny_path))
+    text = "Tom bought 26 packs of $530 each, 13,780 in all (1.5x)."
+    enc = tokenizer(" " + text, return_offsets_mapping=True, add_special_tokens=False)
+    starts = [max(a - 1, 0) for a, _ in enc["offset_mapping"]]
+    found = candidate_positions(Calculator(), text, starts)
+    # one position per number, the token holding its first character (never inside a number)
+    first_chars = sorted(text[starts[i] :].lstrip()[:1] for i in found)
+    assert first_chars == ["$", "1", "1", "2"], [text[starts[i] :] for i in sorted(found)]
+    assert candidate_positions(Calendar(), text, starts) is None  # no restriction
+    calculator = Calculator()
+    assert calculator("13780") is None and calculator("-5") is None  # a call must compute something
+    assert calculator("26 * 530") == "13780"
+    assert Calculator.usable("26 * 530", "Tom bought 26 packs of 530 shells, which makes")
+    assert not Calculator.usable("13780 / 530", "Tom bought ")  # 13780 is only written later
+    assert Calculator.usable("1,200 / 3", "1200 eggs in 3 boxes")
+
+
+def test_cached_sampling_equals_greedy_generation_at_low_temperature(tiny_path):
+    """Augmenter._sample reads each prefix once and repeats its cache; at a temperature near 0 it must give
+    what generate() gives greedily, for prefixes of different lengths (left padding)."""
+    from transformers import AutoModelForCausalLM
+
+    from lowtune import models
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_path)).eval()
+    tokenizer = models.load_tokenizer(str(tiny_path))
+    augmenter = Augmenter(model, tokenizer, [Calculator()], max_arg_tokens=6, temperature=1e-6)
+    prefixes = ["Tom bought 26 packs of [Calculator(", "A [Calculator("]
+    sampled = augmenter._sample(prefixes, samples=2)
+    assert len(sampled) == 4 and sampled[0] == sampled[1] and sampled[2] == sampled[3]
+    for k, prefix in enumerate(prefixes):
+        ids = tokenizer(prefix, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        greedy = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        # _sample stops a row at the first ")", "]" or newline; generate() runs the full 6 tokens
+        assert greedy.startswith(sampled[2 * k]), (greedy, sampled[2 * k])

@@ -82,6 +82,13 @@ def read_rows(cfg: DataConfig) -> Iterator[tuple[str, dict[str, Any]]]:
             messages = [{"role": "user", "content": p.question}, {"role": "assistant", "content": p.solution}]
             yield f"arithmetic row {i}", {"messages": messages, "answer": str(p.answer)}
         return
+    if cfg.source == "arithmetic-text":
+        from lowtune.data.arithmetic_text import story_problems
+
+        for i, (question, story, answer) in enumerate(story_problems(cfg.n_train, cfg.digits, cfg.seed)):
+            messages = [{"role": "user", "content": question}, {"role": "assistant", "content": story}]
+            yield f"arithmetic-text row {i}", {"messages": messages, "answer": str(answer)}
+        return
     path = Path(cfg.source).expanduser()
     if path.is_dir():
         files = sorted(f for f in path.iterdir() if _suffix(f) in READERS and cfg.split in f.name)

@@ -252,22 +252,19 @@ def heldout_accuracy(model, tokenizer, recipe: Recipe, before: bool = False) -> 
     cfg = recipe.eval
     if cfg.task is None or (before and not cfg.before) or not dist.is_main():  # several processes: the main one
         return None
-    if cfg.task != "arithmetic":
-        raise LowtuneError(f"eval.task {cfg.task!r} is unknown; use arithmetic or null")
     from lowtune.tools import load_tool
 
-    result = evaluate.arithmetic_accuracy(
-        model,
-        tokenizer,
-        n=cfg.n,
-        digits=cfg.digits or recipe.data.digits,
-        operations=cfg.operations or recipe.data.operations,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        system_prompt=recipe.system_prompt(),
-        operands=cfg.operands or recipe.data.operands,
-        tools=[load_tool(t) for t in cfg.tools],
-    )
+    common = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, system_prompt=recipe.system_prompt(),
+                  tools=[load_tool(t) for t in cfg.tools])  # fmt: skip
+    digits = cfg.digits or recipe.data.digits
+    if cfg.task == "arithmetic":
+        result = evaluate.arithmetic_accuracy(model, tokenizer, n=cfg.n, digits=digits,
+                                              operations=cfg.operations or recipe.data.operations,
+                                              operands=cfg.operands or recipe.data.operands, **common)  # fmt: skip
+    elif cfg.task == "word_problems":
+        result = evaluate.word_problem_accuracy(model, tokenizer, n=cfg.n, digits=digits, **common)
+    else:
+        raise LowtuneError(f"eval.task {cfg.task!r} is unknown; use arithmetic, word_problems or null")
     out = {"task": cfg.task, "n": result.n, "accuracy": result.accuracy, "example": result.examples[0][1]}
     if cfg.tools:
         out |= {"tools": cfg.tools, "replies_with_a_call": result.replies_with_a_call}

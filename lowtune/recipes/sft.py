@@ -3,14 +3,22 @@
 Loss covers the assistant reply / completion only (TRL's completion_only_loss on the
 prompt/completion records that lowtune.data produces); plain `text` rows train on every token.
 Set `train.packing=true` to pack short rows into `train.max_length` blocks.
+
+With `augment.tools`, Toolformer (Schick et al. 2023) comes first: the base model (adapter off)
+annotates every reply or text with the tool calls that make what follows easier to predict
+(`lowtune.tools.augment`), and SFT trains on the annotated rows, so the model learns when and how to
+call the tools. The annotated rows go to the run's augmented.jsonl, which `--resume` reuses.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
-from lowtune import data, models, ui
+from lowtune import data, dist, models, ui
 from lowtune.config import Recipe
+from lowtune.errors import LowtuneError
 from lowtune.recipes import fit, heldout_accuracy, trl_args
 from lowtune.runs import RunDir
 
@@ -23,6 +31,9 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say)
     dataset = data.load(recipe.data, kind="sft", system_prompt=recipe.system_prompt())
     ui.say(f"{len(dataset)} training rows from {recipe.data.source}")
+    augmented = None
+    if recipe.augment.tools:
+        dataset, augmented = toolformer(model, tokenizer, recipe, run_dir, dataset)
 
     with model.disable_adapter():
         before = heldout_accuracy(model, tokenizer, recipe, before=True)
@@ -36,7 +47,70 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
         "method": "sft",
         "model": recipe.model.name,
         "rows": len(dataset),
+        **({"augmentation": augmented} if augmented else {}),
         **summary,
         "eval_before": before,
         "eval_after": after,
     }
+
+
+def _reply(record: dict) -> str:
+    """The text a record trains on: its completion (the assistant reply) or its plain text."""
+    if "text" in record:
+        return record["text"]
+    completion = record["completion"]
+    return completion if isinstance(completion, str) else completion[-1]["content"]
+
+
+def _with_reply(record: dict, text: str) -> dict:
+    if "text" in record:
+        return {**record, "text": text}
+    completion = record["completion"]
+    if isinstance(completion, str):
+        return {**record, "completion": text}
+    return {**record, "completion": [*completion[:-1], {**completion[-1], "content": text}]}
+
+
+def toolformer(model, tokenizer, recipe: Recipe, run_dir: RunDir, dataset):
+    """(the dataset with kept calls in its replies, the augmentation's statistics). Runs on the main
+    process (`lowtune augment` and PPO refuse several); a resumed run reads run_dir/augmented.jsonl."""
+    from datasets import Dataset
+
+    from lowtune.tools import load_tool
+    from lowtune.tools.augment import Augmenter
+
+    dist.refuse("Toolformer augmentation (augment.tools)")
+    cfg = recipe.augment
+    path = run_dir.path / "augmented.jsonl"
+    records = list(dataset)
+    if path.is_file():  # --resume: the rows this run already trained on
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        ui.say(f"Toolformer: {sum(bool(r['calls']) for r in rows)} of {len(rows)} rows with calls, from {path}")
+        stats = json.loads((run_dir.path / "augmented_stats.json").read_text())
+    else:
+        tools = [load_tool(t) for t in cfg.tools]
+        chosen = {"tau_s": cfg.tau_s, "tau_f": cfg.tau_f, "top_k": cfg.top_k, "samples": cfg.samples}
+        augmenter = Augmenter(model, tokenizer, tools, {k: v for k, v in chosen.items() if v is not None},
+                              batch_size=cfg.batch_size, seed=recipe.data.seed)  # fmt: skip
+        rows, began = [], time.perf_counter()
+        model.eval()
+        with model.disable_adapter(), ui.progress_bar("augment", len(records)) as advance:
+            for record in records:
+                result = augmenter.augment_one(_reply(record))
+                rows.append({"text": result.text, "annotated": result.annotated, "calls": result.calls})
+                advance()
+        stats = {"rows": len(rows), "rows_with_calls": sum(bool(r["calls"]) for r in rows),
+                 "tools": {name: vars(s) for name, s in augmenter.stats.items()},
+                 "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
+        ui.table("Toolformer augmentation", ["tool", "texts", "positions", "calls sampled", "executed", "kept"],
+                 [[n, *(str(v) for v in vars(s).values())] for n, s in augmenter.stats.items()])  # fmt: skip
+        run_dir.write_file("augmented_stats.json", json.dumps(stats, indent=2) + "\n")
+        run_dir.write_file(path.name, "".join(json.dumps(r) + "\n" for r in rows))
+    keep = [i for i, r in enumerate(rows) if r["calls"] or not cfg.only_with_calls]
+    if not keep:
+        raise LowtuneError(
+            f"Toolformer kept no call in {len(rows)} rows (augment.only_with_calls is on): nothing to train on. "
+            "Sample more (augment.top_k, augment.samples), lower augment.tau_f, or use more data."
+        )
+    ui.say(f"Toolformer: {stats['rows_with_calls']} of {len(rows)} rows got a call; training on {len(keep)} rows")
+    return Dataset.from_list([_with_reply(records[i], rows[i]["annotated"]) for i in keep]), stats

@@ -19,6 +19,7 @@ The call syntax is plain text — "[Calculator(400 / 1400) -> 0.29]" — so the 
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 
@@ -125,7 +126,7 @@ class Augmented:
 class Augmenter:
     """Runs the pipeline with one causal LM (any HF model or PeftModel) over texts, for several tools."""
 
-    def __init__(self, model, tokenizer, tools: list, settings: dict | None = None, batch_size: int = 8,
+    def __init__(self, model, tokenizer, tools: list, settings: dict | None = None, batch_size: int = 32,
                  max_arg_tokens: int = 24, temperature: float = 1.0, seed: int = 0):  # fmt: skip
         self.model, self.tokenizer, self.tools = model, tokenizer, tools
         self.settings = {t.name: {**PAPER_SETTINGS.get(t.name, PAPER_SETTINGS["default"]), **(settings or {})}
@@ -134,6 +135,9 @@ class Augmenter:
         self.generator = torch.Generator().manual_seed(seed)
         self.stats = {t.name: ToolStats() for t in tools}
         self.open_ids = open_bracket_ids(tokenizer)
+        # transformers 5.24 renamed forward's past_key_values to cache (the old name goes in 5.40)
+        forward = inspect.signature(type(self._base()).forward).parameters
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
 
     # ------------------------------------------------------------ model access
 
@@ -186,6 +190,10 @@ class Augmenter:
             stats.positions += len(positions)
             calls = self.sample_calls(tool, text, tokens, positions, cfg["samples"])
             stats.sampled += len(calls)
+            # A tool may refuse a call that could not be made where it stands (the calculator: with a number the
+            # text has not said yet, which the annotating model read further on in P(x)).
+            usable = getattr(tool, "usable", None)
+            calls = [(i, arg) for i, arg in calls if usable is None or usable(arg, text[: tokens[1][i]])]
             results = [(i, arg, run_tool(tool, arg)) for i, arg in calls]
             results = [(i, arg, r) for i, arg, r in results if r is not None]
             stats.executed += len(results)
@@ -208,7 +216,7 @@ class Augmenter:
         text_ids = tokens[0]
         if len(text_ids) < 2:
             return []
-        prompt_ids = self.tokenizer(annotation_prompt(tool, ""), add_special_tokens=False)["input_ids"]
+        prompt_ids = self.tokenizer(annotation_prompt(tool, text), add_special_tokens=False)["input_ids"]
         ids = torch.tensor([prompt_ids + text_ids], device=self.device)
         hidden = self._hidden(ids, torch.ones_like(ids))[0]
         # the state at text token j-1 predicts what comes before text token j (j = 1..n-1)
@@ -220,32 +228,54 @@ class Augmenter:
         ])  # fmt: skip
         p_open = logps.logsumexp(0).exp()
         order = torch.argsort(p_open, descending=True).tolist()
-        return [j + 1 for j in order if p_open[j] > tau_s][:top_k]
+        allowed = candidate_positions(tool, text, tokens[1])
+        return [j + 1 for j in order if p_open[j] > tau_s and (allowed is None or j + 1 in allowed)][:top_k]
 
     @torch.no_grad()
     def sample_calls(self, tool, text: str, tokens, positions: list[int], samples: int) -> list[tuple[int, str]]:
         """Up to `samples` arguments per position, sampled after "P(x) x_<i [Tool(" and closed by ")"."""
         if not positions or samples < 1:
             return []
-        prompt = annotation_prompt(tool, "")
+        prompt = annotation_prompt(tool, text)
         prefixes = [f"{prompt} {text[: tokens[1][i]].rstrip(' ')} [{tool.name}(" for i in positions]
         calls = []
-        for start in range(0, len(prefixes), max(1, self.batch_size // samples)):
-            chunk = prefixes[start : start + max(1, self.batch_size // samples)]
-            ids, mask = self._encode(chunk, side="left")
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
-            out = self.model.generate(
-                input_ids=ids, attention_mask=mask, do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0,
-                num_return_sequences=samples, max_new_tokens=self.max_arg_tokens, stop_strings=[")", "]", "\n"],
-                tokenizer=self.tokenizer, pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-            )  # fmt: skip
-            texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-            for k, generated in enumerate(texts):
+        per_batch = max(1, self.batch_size // samples)
+        for start in range(0, len(prefixes), per_batch):
+            chunk = prefixes[start : start + per_batch]
+            for k, generated in enumerate(self._sample(chunk, samples)):
                 arg, closed, _ = generated.partition(")")
                 if closed and "\n" not in arg and "[" not in arg:  # an empty argument is a call too (Calendar())
                     calls.append((positions[start + k // samples], arg.strip()))
         return list(dict.fromkeys(calls))  # the same argument sampled twice at a position runs once
+
+    def _sample(self, prefixes: list[str], samples: int) -> list[str]:
+        """`samples` continuations of each prefix (row k belongs to prefix k // samples), each up to the first
+        ")", "]" or newline or max_arg_tokens. Each prefix is read once and its cache repeated for the samples
+        (generate() with num_return_sequences would read the long annotation prompt `samples` times)."""
+        ids, mask = self._encode(prefixes, side="left")
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache = _cache(out)
+        cache.batch_repeat_interleave(samples)
+        mask = mask.repeat_interleave(samples, 0)
+        logits = out.logits[:, -1].float().repeat_interleave(samples, 0)
+        generated = [[] for _ in range(len(prefixes) * samples)]
+        done = torch.zeros(len(generated), dtype=torch.bool)
+        for _ in range(self.max_arg_tokens):
+            probs = torch.softmax(logits / self.temperature, dim=-1).cpu()
+            nxt = torch.multinomial(probs, 1, generator=self.generator)[:, 0]
+            for row in (~done).nonzero()[:, 0].tolist():
+                generated[row].append(int(nxt[row]))
+                piece = self.tokenizer.decode(generated[row][-1:])
+                done[row] = any(c in piece for c in ")]\n") or int(nxt[row]) == self.tokenizer.eos_token_id
+            if done.all():
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            where = mask.sum(1, keepdim=True) - 1
+            step = self.model(input_ids=nxt[:, None].to(self.device), attention_mask=mask, position_ids=where,
+                              use_cache=True, **{self._cache_arg: cache})  # fmt: skip
+            cache, logits = _cache(step), step.logits[:, -1].float()
+        return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
 
     @torch.no_grad()
     def gains(self, tool, text: str, tokens, results: list[tuple[int, str, str]]) -> list[float]:
@@ -290,6 +320,25 @@ class Augmenter:
                     losses[i] = -sum(weights[j - i].item() * per_token[j] for j in span)
                 out.append(losses)
         return out
+
+
+def _cache(output):
+    """The KV cache of a forward pass, under its transformers 5.24+ name or the older one."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
+
+
+def candidate_positions(tool, text: str, starts: list[int]) -> set[int] | None:
+    """The token positions where a call of `tool` can help, or None for anywhere. A tool may say what its
+    result can precede with a regular expression `precedes` (the calculator: a number); a position then
+    is the token holding the first character of each match that does not continue a word or number.
+    Elsewhere the result cannot make the next tokens likelier, so sampling there is wasted."""
+    import bisect
+
+    precedes = getattr(tool, "precedes", None)
+    if precedes is None:
+        return None
+    found = (m.start() for m in re.finditer(rf"(?<![\w.,])(?:{precedes})", text))
+    return {bisect.bisect_right(starts, c) - 1 for c in found} - {-1}
 
 
 def agreement(kept: list[int], human: list[int], window: int = 2) -> tuple[int, int]:
