@@ -2,11 +2,13 @@
 
 For each text x and tool:
 
-1. Positions. With the tool's few-shot annotation prompt P(x) in front, the model's probability of
-   "[" before token i is read at every position in one forward pass; positions with
-   p("[" | P(x), x_<i) > tau_s are kept, at most the top k.
-2. Calls. At each kept position, up to m calls are sampled after "... x_<i [Tool(", stopping at ")";
-   a sample that never closes is dropped.
+1. Positions. With the tool's few-shot annotation prompt P(x) in front (it shows the text x), the
+   model's probability of "[" before token i is read at every position in one forward pass; positions
+   with p("[" | P(x), x_<i) > tau_s are kept, at most the top k. A tool may say what its result can
+   precede (`precedes`; the calculator: a number): then only those positions are candidates.
+2. Calls. At each kept position, up to m calls are sampled after "P(x) x_<i [Tool(", stopping at ")";
+   a sample that never closes is dropped, and so is one the tool finds unusable there (`usable`; the
+   calculator: a number the text has not written yet, read ahead in P(x)).
 3. Execution. Each call runs through `run_tool` (time limit; a failure is just no result).
 4. Filtering. With the call as a *prefix* of the text (the model has not yet learned calls inside
    text), L_i(z) = -sum_j w_(j-i) log p(x_j | z, x_<j), weights w_t = max(0, 1 - 0.2 t) normalized.
