@@ -44,25 +44,15 @@ def gsm8k_agreement(model, tokenizer, recipe, n: int) -> dict:
 
     texts, human = load_texts(str(GSM8K), n)
     cfg = recipe.augment
-    chosen = {"tau_s": cfg.tau_s, "tau_f": cfg.tau_f, "top_k": cfg.top_k, "samples": cfg.samples}
-    augmenter = Augmenter(model, tokenizer, [load_tool(t) for t in cfg.tools],
-                          {k: v for k, v in chosen.items() if v is not None}, batch_size=cfg.batch_size)  # fmt: skip
-    near_kept = near_human = kept = 0
-    examples = []
+    settings = {"tau_s": cfg.tau_s, "tau_f": cfg.tau_f, "top_k": cfg.top_k, "samples": cfg.samples}
+    augmenter = Augmenter(model, tokenizer, [load_tool(t) for t in cfg.tools], settings, batch_size=cfg.batch_size)
     start = time.perf_counter()
     with ui.progress_bar("gsm8k", len(texts)) as advance:
-        for text, positions in zip(texts, human, strict=True):
-            result = augmenter.augment_one(text)
-            a, b = augmenter.agreement(result, positions)
-            near_kept, near_human, kept = near_kept + a, near_human + b, kept + len(result.calls)
-            if result.calls and len(examples) < 3:
-                examples.append(result.annotated)
-            advance()
-    return {"texts": len(texts), "human_positions": sum(map(len, human)), "kept": kept,
-            "kept_near_human": near_kept, "human_with_kept": near_human,
+        results = augmenter.augment(texts, progress=advance)
+    return {"texts": len(texts), **augmenter.agreement(results, human),
             "stats": {name: vars(s) for name, s in augmenter.stats.items()},
             "seconds": round(time.perf_counter() - start, 1),
-            "examples": examples}  # fmt: skip
+            "examples": [r.annotated for r in results if r.calls][:3]}  # fmt: skip
 
 
 def main() -> None:

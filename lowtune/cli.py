@@ -278,12 +278,13 @@ def _launch(n: int, train_args: list[str]) -> int:
 
 
 def cmd_augment(args) -> int:
+    import dataclasses
     import json
 
     from lowtune import dist, models, ui
     from lowtune.data.arithmetic_text import load_texts
     from lowtune.tools import load_tool
-    from lowtune.tools.augment import Augmenter
+    from lowtune.tools.augment import STATS_COLUMNS, Augmenter
 
     dist.refuse("Toolformer augmentation (lowtune augment)")
     out = Path(args.out)
@@ -292,31 +293,20 @@ def cmd_augment(args) -> int:
     tools = [load_tool(t) for t in args.tools.split(",") if t.strip()]
     texts, human = load_texts(args.data, args.n)
     model, tokenizer, name = models.load_for_inference(args.model, args.device, say=ui.say)
-    chosen = {"tau_s": args.tau_s, "tau_f": args.tau_f, "top_k": args.top_k, "samples": args.samples}
-    augmenter = Augmenter(model, tokenizer, tools, {k: v for k, v in chosen.items() if v is not None})
-    rows, near_kept, near_human, n_human = [], 0, 0, 0
+    settings = {"tau_s": args.tau_s, "tau_f": args.tau_f, "top_k": args.top_k, "samples": args.samples}
+    augmenter = Augmenter(model, tokenizer, tools, settings)
     with ui.progress_bar("augment", len(texts)) as advance:
-        for text, positions in zip(texts, human, strict=True):
-            result = augmenter.augment_one(text)
-            rows.append({"text": result.text, "annotated": result.annotated, "calls": result.calls})
-            if positions:
-                a, b = augmenter.agreement(result, positions)
-                near_kept, near_human, n_human = near_kept + a, near_human + b, n_human + len(positions)
-            advance()
+        results = augmenter.augment(texts, progress=advance)
     tmp = out.with_name(f".{out.name}.partial")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in results))
     tmp.replace(out)
-    ui.table(
-        "tool calls",
-        ["tool", "texts", "positions sampled", "calls sampled", "executed", "kept"],
-        [[n, str(s.texts), str(s.positions), str(s.sampled), str(s.executed), str(s.kept)]
-         for n, s in augmenter.stats.items()],
-    )  # fmt: skip
-    summary = [("model", name), ("texts", str(len(rows))), ("written", str(out))]
-    if n_human:
-        kept = sum(len(r["calls"]) for r in rows)
-        summary += [("kept calls within 2 tokens of a human call", f"{near_kept} of {kept}"),
-                    ("human calls with a kept call within 2 tokens", f"{near_human} of {n_human}")]  # fmt: skip
+    ui.table("tool calls", STATS_COLUMNS, augmenter.stats_rows())
+    summary = [("model", name), ("texts", str(len(results))), ("written", str(out))]
+    if any(human):
+        near = augmenter.agreement(results, human)
+        summary += [("kept calls within 2 tokens of a human call", f"{near['kept_near_human']} of {near['kept']}"),
+                    ("human calls with a kept call within 2 tokens",
+                     f"{near['human_with_kept']} of {near['human_positions']}")]  # fmt: skip
     ui.summary_table("lowtune augment", summary)
     return 0
 

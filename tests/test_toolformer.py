@@ -179,14 +179,19 @@ def test_cached_sampling_equals_greedy_generation_at_low_temperature(tiny_path):
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_path)).eval()
+    with torch.no_grad():  # larger random weights: tiny-random's own write "((((((" after any prefix
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.5)
     tokenizer = models.load_tokenizer(str(tiny_path))
-    augmenter = Augmenter(model, tokenizer, [Calculator()], max_arg_tokens=6, temperature=1e-6)
+    augmenter = Augmenter(model, tokenizer, [Calculator()], max_arg_tokens=8, temperature=1e-6)
     prefixes = ["Tom bought 26 packs of [Calculator(", "A [Calculator("]
     sampled = augmenter._sample(prefixes, samples=2)
     assert len(sampled) == 4 and sampled[0] == sampled[1] and sampled[2] == sampled[3]
+    assert sampled[0] and sampled[2] and sampled[0] != sampled[2]  # the continuations depend on the prefix
     for k, prefix in enumerate(prefixes):
         ids = tokenizer(prefix, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)  # fmt: skip
         greedy = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
         # _sample stops a row at the first ")", "]" or newline; generate() runs the full 6 tokens

@@ -12,6 +12,7 @@ call the tools. The annotated rows go to the run's augmented.jsonl, which `--res
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -77,7 +78,7 @@ def toolformer(model, tokenizer, recipe: Recipe, run_dir: RunDir, dataset):
     from datasets import Dataset
 
     from lowtune.tools import load_tool
-    from lowtune.tools.augment import Augmenter
+    from lowtune.tools.augment import STATS_COLUMNS, Augmenter
 
     dist.refuse("Toolformer augmentation (augment.tools)")
     cfg = recipe.augment
@@ -85,25 +86,21 @@ def toolformer(model, tokenizer, recipe: Recipe, run_dir: RunDir, dataset):
     records = list(dataset)
     if path.is_file():  # --resume: the rows this run already trained on
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        ui.say(f"Toolformer: {sum(bool(r['calls']) for r in rows)} of {len(rows)} rows with calls, from {path}")
+        ui.say(f"Toolformer: the annotated rows of {path}")
         stats = json.loads((run_dir.path / "augmented_stats.json").read_text())
     else:
-        tools = [load_tool(t) for t in cfg.tools]
-        chosen = {"tau_s": cfg.tau_s, "tau_f": cfg.tau_f, "top_k": cfg.top_k, "samples": cfg.samples}
-        augmenter = Augmenter(model, tokenizer, tools, {k: v for k, v in chosen.items() if v is not None},
+        settings = {"tau_s": cfg.tau_s, "tau_f": cfg.tau_f, "top_k": cfg.top_k, "samples": cfg.samples}
+        augmenter = Augmenter(model, tokenizer, [load_tool(t) for t in cfg.tools], settings,
                               batch_size=cfg.batch_size, seed=recipe.data.seed)  # fmt: skip
-        rows, began = [], time.perf_counter()
+        began = time.perf_counter()
         model.eval()
         with model.disable_adapter(), ui.progress_bar("augment", len(records)) as advance:
-            for record in records:
-                result = augmenter.augment_one(_reply(record))
-                rows.append({"text": result.text, "annotated": result.annotated, "calls": result.calls})
-                advance()
+            results = augmenter.augment([_reply(r) for r in records], progress=advance)
+        rows = [dataclasses.asdict(r) for r in results]
         stats = {"rows": len(rows), "rows_with_calls": sum(bool(r["calls"]) for r in rows),
                  "tools": {name: vars(s) for name, s in augmenter.stats.items()},
                  "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
-        ui.table("Toolformer augmentation", ["tool", "texts", "positions", "calls sampled", "executed", "kept"],
-                 [[n, *(str(v) for v in vars(s).values())] for n, s in augmenter.stats.items()])  # fmt: skip
+        ui.table("Toolformer augmentation", STATS_COLUMNS, augmenter.stats_rows())
         run_dir.write_file("augmented_stats.json", json.dumps(stats, indent=2) + "\n")
         run_dir.write_file(path.name, "".join(json.dumps(r) + "\n" for r in rows))
     keep = [i for i, r in enumerate(rows) if r["calls"] or not cfg.only_with_calls]

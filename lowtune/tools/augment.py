@@ -109,6 +109,9 @@ def annotation_prompt(tool, text: str) -> str:
     )
 
 
+STATS_COLUMNS = ["tool", "texts", "positions sampled", "calls sampled", "executed", "kept"]
+
+
 @dataclass
 class ToolStats:
     texts: int = 0
@@ -131,7 +134,8 @@ class Augmenter:
     def __init__(self, model, tokenizer, tools: list, settings: dict | None = None, batch_size: int = 32,
                  max_arg_tokens: int = 24, temperature: float = 1.0, seed: int = 0):  # fmt: skip
         self.model, self.tokenizer, self.tools = model, tokenizer, tools
-        self.settings = {t.name: {**PAPER_SETTINGS.get(t.name, PAPER_SETTINGS["default"]), **(settings or {})}
+        chosen = {k: v for k, v in (settings or {}).items() if v is not None}  # None: the paper's default
+        self.settings = {t.name: {**PAPER_SETTINGS.get(t.name, PAPER_SETTINGS["default"]), **chosen}
                          for t in tools}  # fmt: skip
         self.batch_size, self.max_arg_tokens, self.temperature = batch_size, max_arg_tokens, temperature
         self.generator = torch.Generator().manual_seed(seed)
@@ -177,10 +181,24 @@ class Augmenter:
         enc = self.tokenizer(" " + text, return_offsets_mapping=True, add_special_tokens=False)
         return enc["input_ids"], [max(start - 1, 0) for start, _ in enc["offset_mapping"]]
 
-    def agreement(self, result: Augmented, human_chars: list[int], window: int = 2) -> tuple[int, int]:
-        """`agreement` of `result`'s kept calls with human call positions given as characters of its text."""
-        starts = self._text_tokens(result.text)[1]
-        return agreement([c["position"] for c in result.calls], [char_to_token(starts, p) for p in human_chars], window)
+    def agreement(self, results: list[Augmented], human: list[list[int]], window: int = 2) -> dict[str, int]:
+        """Kept calls of `results` against human call positions (characters of each text, e.g. GSM8K's
+        annotations): kept calls within `window` tokens of a human one, and human positions with a kept
+        call that near."""
+        totals = dict(kept=0, kept_near_human=0, human_positions=0, human_with_kept=0)
+        for result, chars in zip(results, human, strict=True):
+            starts = self._text_tokens(result.text)[1]
+            kept = [c["position"] for c in result.calls]
+            near_kept, near_human = agreement(kept, [char_to_token(starts, p) for p in chars], window)
+            totals["kept"] += len(kept)
+            totals["kept_near_human"] += near_kept
+            totals["human_positions"] += len(chars)
+            totals["human_with_kept"] += near_human
+        return totals
+
+    def stats_rows(self) -> list[list[str]]:
+        """One row per tool under STATS_COLUMNS, for a table."""
+        return [[name, *(str(v) for v in vars(s).values())] for name, s in self.stats.items()]
 
     def augment_one(self, text: str) -> Augmented:
         tokens = self._text_tokens(text)
