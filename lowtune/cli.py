@@ -88,10 +88,22 @@ def main(argv: list[str] | None = None) -> int:
         help="auto: dequantized NF4 weights if the run trained on NF4, else the original weights",
     )
 
-    p = sub.add_parser("export", help="export a run or a model directory as GGUF (+ Ollama Modelfile), verified")
+    p = sub.add_parser(
+        "export", help="export a run or a model directory as GGUF (+ Ollama Modelfile), or a run's LoRA as GGUF"
+    )
     p.add_argument("model", help="run directory (merged first), model directory, or builtin name")
-    p.add_argument("--format", default="gguf", choices=["gguf"])
-    p.add_argument("--quant", default="f16", choices=["f16", "q8_0"])
+    p.add_argument(
+        "--format",
+        default="gguf",
+        choices=["gguf", "gguf-lora"],
+        help="gguf: the whole (merged) model; gguf-lora: the adapter alone, for llama.cpp's --lora",
+    )
+    p.add_argument(
+        "--quant",
+        default="f16",
+        choices=["f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m"],
+        help="GGUF type; the k-quants (q6_k ... q3_k_m) need the llamacpp extra",
+    )
     p.add_argument("--out", help="output .gguf file (default: beside the run or model)")
 
     sub.add_parser("models", help="list builtin models (size, cached or not)")
@@ -278,13 +290,10 @@ def _launch(n: int, train_args: list[str]) -> int:
 
 
 def cmd_augment(args) -> int:
-    import dataclasses
-    import json
-
     from lowtune import dist, models, ui
     from lowtune.data.arithmetic_text import load_texts
     from lowtune.tools import load_tool
-    from lowtune.tools.augment import STATS_COLUMNS, Augmenter
+    from lowtune.tools.augment import STATS_COLUMNS, Augmenter, write_results
 
     dist.refuse("Toolformer augmentation (lowtune augment)")
     out = Path(args.out)
@@ -297,9 +306,7 @@ def cmd_augment(args) -> int:
     augmenter = Augmenter(model, tokenizer, tools, settings)
     with ui.progress_bar("augment", len(texts)) as advance:
         results = augmenter.augment(texts, progress=advance)
-    tmp = out.with_name(f".{out.name}.partial")
-    tmp.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in results))
-    tmp.replace(out)
+    write_results(out, results)
     ui.table("tool calls", STATS_COLUMNS, augmenter.stats_rows())
     summary = [("model", name), ("texts", str(len(results))), ("written", str(out))]
     if any(human):
@@ -358,9 +365,10 @@ def cmd_score(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from lowtune import export, ui
+    from lowtune import ui
+    from lowtune.export.merge import merge
 
-    report = export.merge(args.run, args.out, args.dtype, args.base)
+    report = merge(args.run, args.out, args.dtype, args.base)
     limits = report["tolerance"]
     ui.summary_table(
         "lowtune merge",
@@ -368,7 +376,7 @@ def cmd_merge(args) -> int:
             ("merged model", report["out"]),
             ("base weights", f"{report['base_model']} ({report['base_weights']})"),
             ("dtype", report["dtype"]),
-            ("max |Δ log-prob|", f"{report['max_abs_logprob_diff']:.2e} (limit {limits['max_abs_logprob_diff']:g})"),
+            ("max total variation", f"{report['max_total_variation']:.2e} (limit {limits['max_total_variation']:g})"),
             ("mean KL", f"{report['mean_kl']:.2e} (limit {limits['mean_kl']:g})"),
             ("stop tokens", " ".join(report["stop_tokens"])),
             ("verified", "yes" if report["passed"] else "no"),
@@ -379,38 +387,47 @@ def cmd_merge(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import tempfile
-    from pathlib import Path
+    from lowtune import export, ui
 
-    from lowtune import export, gguf, models, ui
-
-    source = Path(args.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        if (source / "adapter" / "adapter_config.json").is_file() or (source / "adapter_config.json").is_file():
-            ui.say(f"merging {source} into its base first (fp32, verified)")
-            model_dir = Path(tmp) / "merged"
-            export.merge(source, model_dir, dtype="fp32")
-            default_out = source / f"{source.name}-{args.quant}.gguf"
-        else:
-            model_dir = Path(models.resolve_path(args.model, ui.say))
-            default_out = Path(f"{model_dir.name}-{args.quant}.gguf")
-        report = gguf.export_gguf(model_dir, Path(args.out) if args.out else default_out, args.quant)
-    ui.summary_table(
-        "lowtune export",
-        [
-            ("file", f"{report['file']} ({report['bytes'] / 2**20:,.1f} MiB, {report['quant']})"),
-            ("max |Δ logit|", f"{report['max_abs_logit_diff']:.3g}"),
-            ("mean KL", f"{report['mean_kl']:.2e}"),
-            (
-                "limits",
-                f"max |Δ logit| ≤ {report['tolerance']['max_abs_logit_diff']:.3g}, "
-                f"KL ≤ {report['tolerance']['mean_kl']:g}",
-            ),
-            ("verified", "yes (reloaded with transformers' GGUF loader)" if report["passed"] else "no"),
-            ("stop", str(report["stop"])),
-            ("Ollama", f"{report['modelfile']}  (ollama create NAME -f {report['modelfile']})"),
-        ],
-    )
+    report = export.export(args.model, args.format, args.quant, args.out, say=ui.say)
+    if args.format == "gguf-lora":
+        checks = report["llama_cpp"]
+        ui.summary_table(
+            "lowtune export (LoRA GGUF)",
+            [
+                ("file", f"{report['file']} ({report['bytes'] / 2**20:,.1f} MiB, r={report['rank']})"),
+                ("base model", report["base_model"]),
+                ("adapted tensors", str(report["adapted_tensors"])),
+                (
+                    "verified",
+                    f"yes, in llama.cpp with an f16 base: mean KL {checks['mean_kl']:.2e}, "
+                    f"top-1 {checks['top1_agreement']:.1%}, greedy {checks['greedy_identical']}/{len(checks['greedy'])}"
+                    if checks
+                    else "no (llama.cpp not installed)",
+                ),
+            ],
+        )
+        ui.say(f"use: llama-cli -m BASE.gguf --lora {report['file']}  (BASE: lowtune export {report['base_model']})")
+        return 0
+    rows = [("file", f"{report['file']} ({report['bytes'] / 2**20:,.1f} MiB, {report['quant']})")]
+    for client in ("transformers", "llama_cpp"):
+        checks = report.get(client)
+        if checks:
+            greedy = f", greedy {checks['greedy_identical']}/{len(checks['greedy'])}" if "greedy" in checks else ""
+            rows.append(
+                (
+                    client.replace("_", "."),
+                    f"mean KL {checks['mean_kl']:.2e}, top-1 {checks['top1_agreement']:.1%}, "
+                    f"tokens {'same' if checks['tokenizer_match'] else 'DIFFER'}{greedy}",
+                )
+            )
+    rows += [
+        ("limit", f"mean KL ≤ {report['max_mean_kl']:g}"),
+        ("verified", "yes, with " + " and ".join(report["verified_with"]) if report["passed"] else "no"),
+        ("stop", str(report["stop"])),
+        ("Ollama", f"{report['modelfile']}  (ollama create NAME -f {report['modelfile']})"),
+    ]
+    ui.summary_table("lowtune export", rows)
     return 0
 
 

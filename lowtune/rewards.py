@@ -4,14 +4,23 @@ A leaf module (imports nothing of lowtune). Each reward has TRL's reward-functio
 `reward(completions, **kwargs) -> list[float]`, where `completions` are strings or chat messages
 and dataset columns (e.g. `answer`) arrive as keyword lists.
 
-`extract_answer` takes, in this order of precedence, the first rule that matches:
-1. the last `<answer>…</answer>` block,
-2. the last `\\boxed{…}`,
-3. the last `#### …` line (GSM8K),
-4. the last "the answer is …" / "answer: …",
-5. otherwise the whole text.
-Within the chosen span the *last number* is the answer: sign, thousands separators ("1,234"),
-decimals ("0.5") and simple fractions ("3/4") are understood; a span without a number yields None.
+The answer rule (`extract_answer`, which the evaluation uses too; docs/rewards.md has examples).
+The first of these that occurs in the text decides, even when it holds no number (the answer is then None):
+1. the last `<answer>…</answer>` block: rules 2–4 inside it, else its number as an answer-only span;
+2. the last `\\boxed{…}` (nested braces allowed): its number as an answer-only span;
+3. the last `####` directly followed by a number (GSM8K's "#### 72"; a heading "#### Step 2" is none):
+   that number;
+4. the last answer phrase, "answer is" / "answer:" (so also "the final answer is", "**Answer:**"): the
+   first number after it, on its line (the next non-blank line when the phrase ends its line);
+5. otherwise the whole text: its *last* number.
+An answer-only span gives its first number after the last "=" ("x = 12" and "3 boxes of 4 = 12
+apples" give 12, "12 apples" 12, "12 = x" 12). In rules 3–4 the number introduced is the first one,
+except that an equation starting there gives its result: "The answer is 5, not 6", "Final answer: 7.
+(I checked with 3 examples)" and "the answer is 12 + 34 = 46." give 5, 7 and 46.
+A number: an optional sign, digits with optional thousands separators ("1,234", LaTeX "1{,}234") and
+decimals ("0.5"; "42." is 42), optionally a fraction ("3/4", `\\frac{3}{4}`, `\\dfrac`, `\\tfrac`,
+`-\\frac{3}{4}` is -3/4). "$" and "%" are not part of it ("25%" is 25). Digits glued to a word ("x2",
+"a_1") are not a number, and "-" right after a letter or digit is a hyphen ("10-12" is 10 and 12).
 """
 
 from __future__ import annotations
@@ -21,28 +30,106 @@ import re
 from fractions import Fraction
 from typing import Any
 
-_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:\s*/\s*-?\d+(?:\.\d+)?)?|-?\.\d+")
-_SPANS = [
-    re.compile(r"<answer>(.*?)</answer>", re.S | re.I),
-    re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}"),
-    re.compile(r"####\s*([^\n]*)"),
-    re.compile(r"(?:the (?:final )?answer is|answer:)\s*([^\n]*)", re.I),
+_UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+_NUMBER = re.compile(rf"(?<![\w.])-?{_UNSIGNED}(?:\s*/\s*-?{_UNSIGNED})?")
+# An arithmetic run from a number on ("12 + 34 = 46 ", "48/2=24", "3 × (4 + 1) = $15"): it stops at
+# words and at punctuation outside numbers, so "5, not 6" and "7. (checked 3 times)" are runs of one number.
+_RUN = re.compile(rf"(?:{_NUMBER.pattern}|[ \t]+|[-+*/×÷·^()=$%])*")
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
+_BOXED = re.compile(r"\\boxed\s*\{")
+# Markers whose span is the rest of the line after them (an answer phrase may skip to the next line).
+_HASHES = re.compile(r"####[ \t*$]*(?=-?\.?\d)")
+_PHRASE = re.compile(r"\banswer\b[\s*_]*(?:is\b|:)[\s*_:]*", re.I)
+_FRAC = re.compile(r"(-\s*)?\\[dt]?frac\s*(?:\{\s*(-?[\d.,]+)\s*\}|(\d))\s*(?:\{\s*(-?[\d.,]+)\s*\}|(\d))")
+_LATEX = [
+    (re.compile(r"(?<=\d)(?:\{,\}|\\,)(?=\d{3}(?!\d))"), ","),  # 1{,}234 and 1\,234
+    (re.compile(r"\\times(?![a-zA-Z])"), "×"),
+    (re.compile(r"\\cdot(?![a-zA-Z])"), "·"),
+    (re.compile(r"\\div(?![a-zA-Z])"), "÷"),
+    (re.compile(r"\\([$%])"), r"\1"),
 ]
 _THINK_ANSWER = re.compile(r"^\s*<think>.+?</think>\s*<answer>.+?</answer>\s*$", re.S)
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer in `text` as a normalized number string ("1234", "-7", "0.5", "3/4"), or None."""
-    span = text
-    for pattern in _SPANS:
-        found = pattern.findall(text)
-        if found:
-            span = found[-1]
-            break
-    numbers = _NUMBER.findall(span)
-    if not numbers:
+def _normalize(text: str) -> str:
+    """Unicode minus to "-", LaTeX fractions to "a/b", LaTeX thousands separators and operators to plain text."""
+    text = text.replace("\u2212", "-")
+    for pattern, replacement in _LATEX:
+        text = pattern.sub(replacement, text)
+    return _FRAC.sub(lambda m: f"{'-' if m[1] else ''}{m[2] or m[3]}/{m[4] or m[5]}", text)
+
+
+def _last_boxed(text: str) -> str | None:
+    """The content of the last complete `\\boxed{…}`, braces balanced; None without one.
+
+    One pass with a stack of open braces, so a degenerate reply ("\\boxed{" repeated) costs linear time."""
+    boxed = {match.end() for match in _BOXED.finditer(text)}  # where each \\boxed{…}'s content starts
+    if not boxed:
         return None
-    return re.sub(r"[,\s]", "", numbers[-1])
+    found, found_start, open_braces = None, -1, []
+    for i, char in enumerate(text):
+        if char == "{":
+            open_braces.append(i + 1)
+        elif char == "}" and open_braces:
+            start = open_braces.pop()
+            if start in boxed and start > found_start:
+                found, found_start = text[start:i], start
+    return found
+
+
+def _first_number(span: str) -> str | None:
+    """The first number in `span`, or the result when it opens an equation ("12 + 34 = 46" gives 46).
+
+    For a span after a marker: the number the marker introduces."""
+    first = _NUMBER.search(span)
+    if first is None:
+        return None
+    run = _RUN.match(span, first.start()).group()
+    if "=" in run:
+        result = _NUMBER.search(run.rsplit("=", 1)[1])
+        if result is not None:
+            return result.group()
+    return first.group()
+
+
+def _answer_number(span: str) -> str | None:
+    """The number of a span that holds only the answer: the first number after its last "=" ("x = 12",
+    "3 boxes of 4 = 12 apples" give 12); before it when nothing follows ("12 = x")."""
+    for part in reversed(span.split("=")):
+        number = _NUMBER.search(part)
+        if number is not None:
+            return number.group()
+    return None
+
+
+def _marked(text: str) -> tuple[bool, str | None]:
+    """Rules 2–4 (\\boxed, ####, the answer phrase): (whether one occurs, its number)."""
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return True, _answer_number(boxed)
+    for marker in (_HASHES, _PHRASE):
+        found = list(marker.finditer(text))
+        if found:
+            return True, _first_number(text[found[-1].end() :].split("\n", 1)[0])
+    return False, None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer in `text` as a normalized number string ("1234", "-7", "0.5", "3/4"), or None.
+
+    The rule is stated in the module docstring."""
+    text = _normalize(text)
+    tags = _ANSWER_TAG.findall(text)
+    if tags:
+        marked, number = _marked(tags[-1])
+        if not marked:
+            number = _answer_number(tags[-1])
+    else:
+        marked, number = _marked(text)
+        if not marked:
+            numbers = _NUMBER.findall(text)
+            number = numbers[-1] if numbers else None
+    return None if number is None else re.sub(r"[,\s]", "", number)
 
 
 def to_number(answer: str | int | float | None) -> Fraction | None:

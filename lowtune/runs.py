@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,12 +16,12 @@ from transformers import TrainerCallback
 
 from lowtune.config import Recipe
 from lowtune.errors import LowtuneError
+from lowtune.files import replace_atomic
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write or rewrite a file of the run whole: a unique temporary beside it, fsync, rename."""
+    replace_atomic(path, text)
 
 
 class RunDir:
@@ -34,6 +34,17 @@ class RunDir:
         self.metrics = path / "metrics.jsonl"
         self.summary = path / "summary.json"
         self.resume_from: str | None = None  # a checkpoint directory when the run continues
+        self.created = False  # made by this process (RunDir.create), not reopened
+
+    def remove_if_unsaved(self) -> bool:
+        """Remove the directory this process created if nothing was saved in it yet (no checkpoint, not even
+        a half-written one, and no adapter, not even a staged one): a run that failed before its first save
+        leaves nothing behind. A reopened or pre-existing directory is never removed. Returns whether it was."""
+        saved = [self.adapter, *self.path.glob(".adapter*"), *self.checkpoints.glob("checkpoint-*")]
+        if not self.created or any(p.exists() for p in saved):
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        return not self.path.exists()
 
     def last_checkpoint(self) -> Path | None:
         """The newest checkpoint the trainer finished writing. transformers writes trainer_state.json
@@ -80,6 +91,7 @@ class RunDir:
                 n += 1
                 path = parent / f"{name}-{n}"
         run = cls(path)
+        run.created = True
         _write_atomic(path / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         return run
 

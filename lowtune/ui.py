@@ -22,11 +22,14 @@ def say(message: str) -> None:
 
 
 def error(message: str) -> None:
+    """Print an error as plain text: brackets and :codes: in it (a path, a model name) are not rich markup."""
+    from rich.markup import escape
+
     if dist.is_main():
-        console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, emoji=False)
     else:  # the other processes' console is quiet; their errors still show
         stderr = Console(highlight=False, stderr=True)
-        stderr.print(f"[bold red]error:[/] [rank {dist.rank()}] {message}", soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(f'[rank {dist.rank()}] {message}')}", soft_wrap=True, emoji=False)
 
 
 class ProgressCallback(TrainerCallback):

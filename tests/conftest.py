@@ -1,7 +1,6 @@
 import json
 import os
 import random
-import warnings
 
 import pytest
 
@@ -14,7 +13,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-warnings.filterwarnings("ignore", category=UserWarning)
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +67,108 @@ def write_separable_pairs(path, n, seed=0):
 def separable_pairs_fixture():
     """write_separable_pairs(path, n): a preference file any reward model or DPO can learn."""
     return write_separable_pairs
+
+
+# Chat templates of the two families the GGUF Modelfile knows, in the shapes real models use them.
+CHATML_WITH_DEFAULT_SYSTEM = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a small helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+# Llama-3.1/3.2 shape: a system turn always, its content a fixed preamble before the user's system prompt.
+LLAMA32_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+    "{% set rest = messages[1:] %}{% else %}{% set system = '' %}{% set rest = messages %}{% endif %}"
+    "{{ '<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n\n' + system"
+    " + '<|eot_id|>' }}"
+    "{% for m in rest %}"
+    "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+_BPE_CORPUS = [
+    "What is 12 + 34? 12 + 34 = 46. The answer is 46. It's 1234567, isn't it? I'LL go; we've been there.",
+    "def f(x):\n    return x ** 2\n\n\nprint(f(12345))  # caf\u00e9 na\u00efve \u00fcber \u65e5\u672c\u8a9e",
+    "system user assistant The quick brown fox jumps over the lazy dog 0123456789 ,.;:!?()[]-+*/=\n\n",
+] * 4
+
+
+def make_bpe_tokenizer(pre: str, family: str = "chatml", template: str | None = None):
+    """A small byte-level BPE tokenizer splitting text as llama.cpp's pre-tokenizer `pre` does.
+
+    family "chatml": <|endoftext|>, <|im_start|>, <|im_end|> (eos); "llama3": <|begin_of_text|> added
+    as BOS, header tokens and <|eot_id|>. llama-bpe tokenizers ignore merges, as Llama-3's do.
+    """
+    from tokenizers import Tokenizer, decoders, models, processors, trainers
+    from tokenizers import pre_tokenizers as pt
+    from transformers import PreTrainedTokenizerFast
+
+    from lowtune.builtin import CHATML_TEMPLATE
+    from lowtune.pretokenizers import PRE_TOKENIZERS, hf_pre_tokenizer
+
+    specials = {
+        "chatml": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    }[family]
+    tk = Tokenizer(models.BPE(ignore_merges=PRE_TOKENIZERS[pre][1]))
+    tk.pre_tokenizer = hf_pre_tokenizer(pre)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pt.ByteLevel.alphabet(), show_progress=False
+    )
+    tk.train_from_iterator(_BPE_CORPUS, trainer)
+    if family == "chatml":
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>"
+        )
+        tokenizer.chat_template = template or CHATML_TEMPLATE
+    else:
+        bos = tk.token_to_id("<|begin_of_text|>")
+        tk.post_processor = processors.TemplateProcessing(
+            single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", bos)]
+        )
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=tk, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|end_of_text|>"
+        )
+        tokenizer.chat_template = template or LLAMA3_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(name="bpe_tokenizer")
+def bpe_tokenizer_fixture():
+    """make_bpe_tokenizer(pre, family="chatml", template=None): a local tokenizer of a given kind."""
+    return make_bpe_tokenizer
+
+
+def make_random_adapter(tiny_path, out, seed=0):
+    """A PEFT adapter on every linear layer of tiny-random with non-zero B, so it changes the outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(tiny_path)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(base, config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.mul_(0.5)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(name="random_adapter")
+def random_adapter_fixture():
+    """make_random_adapter(base_path, out): a saved PEFT adapter whose B is not zero."""
+    return make_random_adapter

@@ -127,3 +127,21 @@ def test_augmentation_feeds_sft_only():
     with pytest.raises(LowtuneError, match="Toolformer augmentation feeds SFT; set method: sft"):
         load_recipe(None, ["method=dpo", "augment.tools=[calculator]"])
     assert load_recipe(None, ["augment.tools=calculator,calendar"]).augment.tools == ["calculator", "calendar"]
+
+
+def test_logprob_kernel_help_cites_only_measured_figures():
+    """Each timing in model.logprob_kernel's help is in the results file it names; it names no GPU it was not run on."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from lowtune.config import ModelConfig
+
+    doc = {f.name: f.metadata["doc"] for f in dataclasses.fields(ModelConfig)}["logprob_kernel"]
+    cited = "benchmarks/results/logprobs.md"
+    assert cited in doc
+    results = (Path(__file__).resolve().parents[1] / cited).read_text()
+    figures = re.findall(r"\d+(?:\.\d+)? s\b", doc)
+    assert figures and all(f"| {f} |" in results for f in figures), figures
+    for gpu in re.findall(r"\b(?:H|A|B|L|T|V)\d{2,3}\b|RTX ?\d{4}", doc):
+        assert gpu in results, f"the help names a measurement on {gpu}, which {cited} does not hold"

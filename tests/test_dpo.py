@@ -99,6 +99,67 @@ def test_loss_types_pass_through(tmp_path, overrides):
     assert summary["steps"] == 2
 
 
+def completion_logps(model, prompt_ids: list[int], completion_ids: list[int]) -> torch.Tensor:
+    """log p(completion token | everything before it) for each completion token: full-vocabulary log_softmax of
+    one unpadded sequence."""
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    return logp.gather(-1, ids[0, 1:, None])[len(prompt_ids) - 1 :, 0]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["train.loss_type=sigmoid"], ["train.loss_type=ipo"],
+     ["train.loss_type=[sigmoid, sft]", "train.loss_weights=[1.0, 0.5]"]],
+)  # fmt: skip
+def test_loss_matches_a_hand_computation_with_a_trained_adapter(tmp_path, overrides):
+    """The loss TRL computes on one batch, for the loss types the recipe passes through, against the papers'
+    formulas on sequence log-probs computed here: the policy with a non-zero adapter (so not log 2 for sigmoid),
+    the reference a separate copy of the base."""
+    import math
+
+    import torch.nn.functional as F
+
+    recipe = dpo_recipe(tmp_path, *overrides)
+    base, tokenizer = models.load(recipe.model)
+    reference, _ = models.load(recipe.model)
+    trainer = dpo.make_trainer(recipe, RunDir.create(recipe), base, tokenizer, data.load_pairs(recipe.data))
+    model = trainer.model
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # as if trained: B (zero at init) gets random values
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.1)
+    model.eval()
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, trainer.data_collator(rows)).item()
+
+    beta = 0.1  # lowtune's default
+    margins, ipo_deltas, chosen_tokens = [], [], []
+    for row in rows:
+        ratios = []
+        for reply in ("chosen_ids", "rejected_ids"):
+            policy = completion_logps(model, row["prompt_ids"], row[reply])
+            ref = completion_logps(reference, row["prompt_ids"], row[reply])
+            ratios.append((policy.sum() - ref.sum(), len(row[reply])))
+            if reply == "chosen_ids":
+                chosen_tokens.append(policy)
+        (chosen, n_chosen), (rejected, n_rejected) = ratios
+        margins.append(chosen - rejected)
+        ipo_deltas.append(chosen / n_chosen - rejected / n_rejected)
+    margins, ipo_deltas = torch.stack(margins), torch.stack(ipo_deltas)
+    assert margins.abs().min() > 0.05  # the policy is not the reference
+    sigmoid = -F.logsigmoid(beta * margins).mean()  # Rafailov et al. 2023
+    ipo = ((ipo_deltas - 1 / (2 * beta)) ** 2).mean()  # Azar et al. 2023, per-token log-ratios (as TRL)
+    sft = -torch.cat(chosen_tokens).mean()  # the chosen replies' NLL per token
+    want = {"sigmoid": sigmoid, "ipo": ipo, "[sigmoid, sft]": sigmoid + 0.5 * sft}[overrides[0].split("=")[1]]
+    assert loss == pytest.approx(want.item(), rel=1e-4)
+    if overrides[0].endswith("sigmoid"):
+        assert abs(loss - math.log(2)) > 1e-3
+
+
 def test_precomputed_reference_log_probs_match_the_live_reference(tmp_path):
     live = dpo_recipe(tmp_path / "a", "train.max_steps=3", "train.logging_steps=1")
     pre = dpo_recipe(

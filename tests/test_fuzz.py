@@ -109,3 +109,39 @@ def test_data_file_bytes(tmp_path_factory, suffix, payload):
     path.write_bytes(payload)
     recipe = load_recipe(None, [f"data.source={path}"])
     accepted_or_lowtune_error(lambda: load(recipe.data))
+
+
+# The CLI's model and run arguments: every command that takes one, with random strings and paths.
+CLI = {
+    "generate": lambda name: ["generate", "--prompt", "hi", "--", name],
+    "eval": lambda name: ["eval", "--n", "1", "--", name],
+    "augment": lambda name: ["augment", "--n", "1", "--out", "augmented.jsonl", "--", name],
+    "score": lambda name: ["score", "--text", "hi", "--", name],
+    "merge": lambda name: ["merge", "--out", "merged", "--", name],
+    "export": lambda name: ["export", "--", name],
+    "train": lambda name: ["train", "sft", f"model.name={name}", "output.dir=runs"],
+}
+PREFIXES = ["", "runs/", "runs/sft", "./", "../", "/", "~/", "~", "org/", "adapter/", "lowtune-tests/"]
+names = st.builds(lambda prefix, text: prefix + text, st.sampled_from(PREFIXES), st.text(max_size=40))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(sorted(CLI)), names)
+@example("generate", "runs/[/x]")  # rich markup in a path: printing the error line itself crashed
+@example("export", "org/name")  # a hub id (offline here)
+@example("augment", "~\x00")  # expanduser raised ValueError (found by this test)
+def test_cli_model_and_run_arguments(tmp_path, monkeypatch, capsys, command, name):
+    """A model or run argument that names nothing usable ends in one error line (exit 2), never a traceback,
+    and leaves no run directory."""
+    from lowtune.cli import main
+
+    monkeypatch.chdir(tmp_path)  # relative names land here: nothing to find, nothing real to touch
+    (tmp_path / "runs" / "sft").mkdir(parents=True, exist_ok=True)  # a run that never finished
+    (tmp_path / "adapter").mkdir(exist_ok=True)
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{")  # a damaged adapter
+    capsys.readouterr()
+    assert main(CLI[command](name)) == LowtuneError.exit_code
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines and lines[-1].startswith("error: ") and all(line.startswith("lowtune:") for line in lines[:-1]), out
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["sft"]

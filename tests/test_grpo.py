@@ -32,6 +32,28 @@ def test_grpo_runs_and_logs_every_reward(tmp_path):
     assert summary["eval_before"]["n"] == 4 and summary["eval_after"]["n"] == 4
 
 
+def low_token_share(completions, completion_ids, **kwargs):
+    """Reward: the share of a completion's tokens with id below 96, a set of tokens tiny-random can learn to favour
+    (it earns no accuracy reward: every advantage would be 0)."""
+    return [sum(t < 96 for t in ids) / max(len(ids), 1) for ids in completion_ids]
+
+
+def test_grpo_raises_a_reward_tiny_random_can_earn(tmp_path, monkeypatch):
+    from lowtune.recipes import grpo
+
+    monkeypatch.setattr(grpo, "reward_functions", lambda recipe, max_completion_length: ([low_token_share], [1.0]))
+    recipe = grpo_recipe(
+        tmp_path, "data.n_train=64", "train.max_steps=24", "train.per_device_train_batch_size=8",
+        "train.learning_rate=1e-2", "eval.task=null",
+    )  # fmt: skip
+    run, summary = recipes.train(recipe)
+    logs = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    rewards = [r["rewards/low_token_share/mean"] for r in logs if "rewards/low_token_share/mean" in r]
+    assert len(rewards) == 24 and summary["rewards"] == {"low_token_share": 1.0}
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert last > first + 0.2, rewards
+
+
 def test_reasoning_prompt_is_the_default_and_can_be_turned_off(tmp_path):
     assert load_recipe(None, ["method=grpo"]).system_prompt() == REASONING_PROMPT
     assert grpo_recipe(tmp_path, "data.system_prompt=auto").system_prompt() == REASONING_PROMPT
@@ -95,3 +117,13 @@ def test_auto_kernel_is_lowtune_on_cpu_and_trl_is_restored(tmp_path):
         if not torch.cuda.is_available():
             assert used == "lowtune" and trl_utils._ChunkedLogProbFunction is not original
     assert trl_utils._ChunkedLogProbFunction is original
+
+
+def test_resolve_logprob_kernel():
+    from lowtune.recipes import resolve_logprob_kernel
+
+    assert resolve_logprob_kernel("auto", "cpu") == "lowtune"  # measured ahead there (benchmarks/results)
+    assert resolve_logprob_kernel("auto", "cuda") == "trl"  # not measured on a GPU
+    for choice in ("lowtune", "trl"):
+        for device in ("cpu", "cuda"):
+            assert resolve_logprob_kernel(choice, device) == choice

@@ -159,6 +159,26 @@ def test_token_blocks(monkeypatch):
         check(dict(n=50, h=32, v=300, chunk=64), mode, backend="torch")
 
 
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_forward_is_bitwise_the_same_with_and_without_grad(case):
+    """PPO compares log-probs taken without a gradient (the rollout) with the loss's: at the first update their
+    ratio must be exactly 1, so the frozen-head forward, which also accumulates d logp / dh, must not round
+    differently."""
+    case = CASES[case]
+    kw = {k: case[k] for k in ("temperature", "softcap", "logit_scale") if k in case}
+    dtype = case.get("dtype", torch.float32)
+    hidden, weight, bias, labels = make_inputs(case)
+    hidden, weight, bias = (None if x is None else x.to(dtype) for x in (hidden, weight, bias))
+
+    def forward(grad):
+        h = hidden.clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            return token_logprobs(h, weight, labels, bias=bias, return_entropy=True, chunk_size=case["chunk"], **kw)
+
+    for without, with_grad in zip(forward(False), forward(True), strict=True):
+        assert torch.equal(without, with_grad.detach())
+
+
 def test_frozen_head_does_no_gradient_work(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the backward recomputed the logits for a frozen head")
@@ -198,6 +218,60 @@ def test_rejects_bad_arguments():
         token_logprobs(hidden, weight[:, :8], labels)
     with pytest.raises(ValueError, match="backend"):
         token_logprobs(hidden, weight, labels, backend="cuda")
+
+
+def test_default_backend_is_torch_on_every_device():
+    # The Triton kernels have not run on a GPU yet: the default stays off them on CUDA too.
+    for backend in (None, "auto"):
+        for cuda, interpret in [(True, False), (False, False), (False, True)]:
+            for installed in (True, False):
+                chosen = kernel_module.select_backend(
+                    backend, cuda=cuda, triton_installed=installed, interpret=interpret
+                )
+                assert chosen == "torch", (backend, cuda, interpret, installed)
+
+
+def test_select_backend_explicit_choices():
+    select = kernel_module.select_backend
+    for cuda in (True, False):
+        assert select("torch", cuda=cuda, triton_installed=True, interpret=False) == "torch"
+    assert select("triton", cuda=True, triton_installed=True, interpret=False) == "triton"
+    assert select("triton", cuda=False, triton_installed=True, interpret=True) == "triton"
+    with pytest.raises(RuntimeError, match="pip install triton"):
+        select("triton", cuda=True, triton_installed=False, interpret=False)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        select("triton", cuda=False, triton_installed=True, interpret=False)
+    with pytest.raises(ValueError, match="backend must be"):
+        select("cuda", cuda=True, triton_installed=True, interpret=False)
+
+
+def test_default_backend_runs_the_torch_path(monkeypatch):
+    chosen = []
+    real = kernel_module.select_backend
+    monkeypatch.setattr(kernel_module, "select_backend", lambda *a, **k: chosen.append(real(*a, **k)) or chosen[-1])
+    token_logprobs(torch.randn(4, 16), torch.randn(50, 16), torch.randint(0, 50, (4,)))
+    assert chosen == ["torch"]
+
+
+def check_rejects_out_of_range_labels(backend, device="cpu"):
+    """A label the head cannot score (>= V, or negative and not ignore_index) is an error, not a number."""
+    v = 50
+    hidden, weight = torch.randn(2, 4, 16, device=device), torch.randn(v, 16, device=device)
+    for bad in (v, 99, -5):
+        labels = torch.randint(0, v, (2, 4), device=device)
+        labels[0, 0] = -100  # ignored positions are still fine beside the bad one
+        labels[1, 2] = bad
+        for grad in (False, True):
+            with pytest.raises(ValueError, match=rf"label {bad} at position 6 .* outside .*\[0, {v}\)"):
+                token_logprobs(hidden.clone().requires_grad_(grad), weight, labels, backend=backend)
+    # -5 is fine when it is the ignore index; V - 1 and 0 are in range.
+    labels = torch.tensor([[-5, 0, v - 1, 3], [1, 2, -5, 4]], device=device)
+    logp = token_logprobs(hidden, weight, labels, ignore_index=-5, backend=backend)
+    assert (logp[labels == -5] == 0).all() and (logp[labels != -5] < 0).all()
+
+
+def test_rejects_out_of_range_labels():
+    check_rejects_out_of_range_labels("torch")
 
 
 def test_matches_trl_per_token_logprobs():
@@ -272,6 +346,11 @@ def test_triton_backend_no_grad_and_all_ignored(small_triton_tiles):
     logp = token_logprobs(h, weight, torch.full_like(labels, -100), backend="triton")
     logp.sum().backward()
     assert (logp == 0).all() and (h.grad == 0).all()
+
+
+@triton_here
+def test_triton_backend_rejects_out_of_range_labels(small_triton_tiles):
+    check_rejects_out_of_range_labels("triton", device=TRITON_DEVICE)
 
 
 def test_triton_kernels_in_interpreter():

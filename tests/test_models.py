@@ -125,3 +125,150 @@ def test_bad_model_names(name, message):
 def test_directory_without_config(tmp_path):
     with pytest.raises(LowtuneError, match="no config.json"):
         models.resolve_path(str(tmp_path))
+
+
+# ---------------------------------------------------------------- library noise on the console
+
+LOAD_TINY = (
+    "from lowtune import models; from lowtune.config import LoraConfig, ModelConfig; "
+    "models.load(ModelConfig(name='tiny-random'), LoraConfig())"
+)
+
+
+def _run_python(code: str, **env) -> str:
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "LOWTUNE_DEBUG"} | env
+    proc = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_bitsandbytes_kernels_warning_shows_only_for_debug_output(tiny_path):
+    """bitsandbytes' 'Failed to load CPU gemm_4bit_forward from kernels-community' (harmless: its own CPU path
+    runs) stays off the console when lowtune loads a model, and shows with LOWTUNE_DEBUG=1."""
+    from lowtune.logs import BNB_KERNELS_MESSAGE
+
+    if BNB_KERNELS_MESSAGE not in _run_python(LOAD_TINY, LOWTUNE_DEBUG="1"):
+        if BNB_KERNELS_MESSAGE in _run_python("import bitsandbytes"):
+            pytest.fail("LOWTUNE_DEBUG=1 hid the bitsandbytes message")
+        pytest.skip("bitsandbytes does not print it here (a CPU without AVX512-BF16, or `kernels` installed)")
+    assert BNB_KERNELS_MESSAGE not in _run_python(LOAD_TINY)
+
+
+def test_bitsandbytes_kernels_filter(monkeypatch):
+    import logging
+
+    from lowtune.logs import BNB_CPU_LOGGER, BNB_KERNELS_MESSAGE, HideMessage
+
+    logger = logging.getLogger(BNB_CPU_LOGGER)
+    assert any(isinstance(f, HideMessage) for f in logger.filters)  # installed by `import lowtune`
+
+    def record(msg):
+        return logging.LogRecord(
+            BNB_CPU_LOGGER, logging.WARNING, "ops.py", 1, msg, ("No module named 'kernels'",), None
+        )
+
+    message = BNB_KERNELS_MESSAGE + ": %s. Please make sure you already `pip install kernels`"
+    monkeypatch.delenv("LOWTUNE_DEBUG", raising=False)
+    assert not logger.filter(record(message))
+    assert logger.filter(record("Some other bitsandbytes warning: %s"))  # only that message is hidden
+    for value, shown in [("1", True), ("0", False), ("", False)]:
+        monkeypatch.setenv("LOWTUNE_DEBUG", value)
+        assert bool(logger.filter(record(message))) is shown, value
+    monkeypatch.delenv("LOWTUNE_DEBUG")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)  # Python logging set up for debug output shows it too
+    try:
+        assert logger.filter(record(message))
+    finally:
+        logger.setLevel(level)
+
+
+# ---------------------------------------------------------------- a model that cannot be loaded: one LowtuneError
+
+
+def _hub_error(kind: str, message: str = "404 Client Error. (Request ID: x)\nRepository Not Found for url: ..."):
+    from types import SimpleNamespace
+
+    from huggingface_hub import errors
+
+    cls = getattr(errors, kind)
+    if issubclass(cls, errors.HfHubHTTPError):
+        return cls(message, response=SimpleNamespace(headers={}, request=None))
+    return cls(message)
+
+
+@pytest.mark.parametrize(
+    "kind, offline, says",
+    [
+        ("GatedRepoError", False, ["is gated", "https://huggingface.co/org/name", "hf auth login"]),
+        ("RepositoryNotFoundError", False, ["no model by that name", "check the spelling", "hf auth login"]),
+        ("LocalEntryNotFoundError", True, ["not in the local cache", "HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE"]),
+        ("LocalEntryNotFoundError", False, ["not in the local cache", "could not be reached", "network"]),
+        ("RemoteEntryNotFoundError", False, ["no config.json", "not a transformers model"]),
+        ("HfHubHTTPError", False, ["the Hub answered: 404 Client Error", "try again later"]),
+    ],
+)
+def test_hub_errors_become_one_line_saying_why_and_what_to_do(monkeypatch, tmp_path, kind, offline, says):
+    """The one mapping of huggingface_hub's errors: raised as they are (the check in resolve_path) or wrapped in
+    transformers' OSError (a load), each ends in a one-line LowtuneError."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    error = _hub_error(kind)
+
+    def download(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(LowtuneError) as looked_up:
+        models.resolve_path("org/name")
+    assert "'org/name' is not a builtin" in str(looked_up.value) and "as a Hugging Face id" in str(looked_up.value)
+    with pytest.raises(LowtuneError) as loaded:
+        with models.loading("org/name", "tokenizer"):
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files\nCheck ...") from error
+    assert "could not load org/name (tokenizer) from the Hugging Face Hub" in str(loaded.value)
+    for message in (str(looked_up.value), str(loaded.value)):
+        assert "\n" not in message
+        for part in says:
+            assert part in message, (part, message)
+
+
+def test_a_hub_id_offline_and_not_cached(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "sft").mkdir(parents=True)
+    with pytest.raises(LowtuneError) as e:
+        models.resolve_path("runs/sfy", runs=True)  # the real huggingface_hub, offline (conftest)
+    message = str(e.value)
+    assert "run or model 'runs/sfy' is not a builtin" in message and "run, adapter or model directory" in message
+    assert "did you mean runs/sft?" in message and "HF_HUB_OFFLINE is set" in message
+    with pytest.raises(LowtuneError, match="is not valid"):
+        models.resolve_path("org/na me")
+
+
+def test_damaged_model_and_adapter_files(tmp_path, tiny_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("not json")
+    with pytest.raises(LowtuneError, match="config.json is not a JSON object"):
+        models.resolve_path(str(model))
+    (model / "config.json").write_text((tiny_path / "config.json").read_text())
+    with pytest.raises(LowtuneError, match="could not load the tokenizer in .*; check that it is a complete"):
+        models.load(ModelConfig(name=str(model)))
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("not json")
+    with pytest.raises(LowtuneError, match="adapter_config.json cannot be read"):
+        models.adapter_task(adapter)
+    (adapter / "adapter_config.json").write_text("[]")
+    with pytest.raises(LowtuneError, match="adapter_config.json is not a JSON object"):
+        models.adapter_base(adapter)
+    (adapter / "adapter_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(LowtuneError, match="adapter_model.safetensors is damaged"):
+        models.require_safetensors(adapter)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from lowtune import recipes
 from lowtune.config import load_recipe
@@ -101,6 +102,39 @@ def test_kl_estimators():
         kl_penalty(logp, ref, "k4")
 
 
+def test_kl_estimators_hand_worked():
+    # log ratios 0.5 and -1: k2 = r^2 / 2 -> 0.125, 0.5; k3 = e^-r - 1 + r -> e^-0.5 - 0.5 = 0.10653, e - 2 = 0.71828
+    logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
+    torch.testing.assert_close(kl_penalty(logp, ref, "k1"), torch.tensor([0.5, -1.0]))
+    torch.testing.assert_close(kl_penalty(logp, ref, "k2"), torch.tensor([0.125, 0.5]))
+    torch.testing.assert_close(kl_penalty(logp, ref, "k3"), torch.tensor([0.1065307, 0.7182818]))
+
+
+def test_whiten_hand_worked():
+    # masked entries 0 and 4: mean 2, unbiased variance (4 + 4) / 1 = 8, std 2.8284
+    x, mask = torch.tensor([[0.0, 4.0, 50.0]]), torch.tensor([[1, 1, 0]])
+    torch.testing.assert_close(whiten(x, mask), torch.tensor([[-0.7071068, 0.7071068, 0.0]]))
+    # shift_mean=False (whiten_rewards): the scale changes, the mean stays
+    torch.testing.assert_close(whiten(x, mask, shift_mean=False), torch.tensor([[1.2928932, 2.7071068, 0.0]]))
+
+
+def test_adaptive_kl_hand_worked():
+    from lowtune.rl.core import AdaptiveKL
+
+    control = AdaptiveKL(0.1, target=6.0, horizon=10000)
+    control.update(kl=9.0, n=64)  # KL / target - 1 = 0.5, clipped to 0.2: beta *= 1 + 0.2 * 64 / 10000
+    assert control.beta == pytest.approx(0.1 * 1.00128)
+    control.update(kl=6.6, n=100)  # error 0.1: beta *= 1.001
+    assert control.beta == pytest.approx(0.1 * 1.00128 * 1.001)
+    control.update(kl=0.0, n=100)  # error -1, clipped to -0.2: beta *= 0.998
+    assert control.beta == pytest.approx(0.1 * 1.00128 * 1.001 * 0.998)
+    control.update(kl=6.0, n=1000)  # on target: unchanged
+    assert control.beta == pytest.approx(0.1 * 1.00128 * 1.001 * 0.998)
+    fixed = AdaptiveKL(0.1, target=None)
+    fixed.update(kl=100.0, n=1000)
+    assert fixed.beta == 0.1
+
+
 def test_score_lands_on_the_eos_token_not_after_it():
     eos, pad = 7, 0
     responses = torch.tensor([[3, 4, eos, pad, pad], [3, 4, 5, 6, 2], [eos, pad, pad, pad, pad]])
@@ -185,6 +219,112 @@ def test_kl_is_zero_at_the_first_rollout(tmp_path):
     ref = trainer._logprobs("reference", rollout, int(rollout["prompt_width"]))
     torch.testing.assert_close(ref, rollout["logp"], rtol=0, atol=0)
     assert rollout["mask"].sum() > 0 and (rollout["logp"][rollout["mask"] == 0] == 0).all()
+
+
+def perturb_policy(model, scale=0.1, seed=0):
+    """Random values in the policy adapter's B (zero at init), so the policy is no longer the reference."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.peft.named_parameters():
+            if "lora_B.default" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * scale)
+
+
+def full_softmax_logprobs(model, rollout, temperature):
+    """Per-token log-probs of a rollout's responses, from the full vocabulary's logits: log_softmax(logits / T)."""
+    width = int(rollout["prompt_width"])
+    with torch.no_grad():
+        logits = model(
+            input_ids=rollout["input_ids"], attention_mask=rollout["attention_mask"],
+            position_ids=rollout["position_ids"],
+        ).logits  # fmt: skip
+    logp = torch.log_softmax(logits[:, width - 1 : -1].float() / temperature, dim=-1)
+    return logp.gather(-1, rollout["responses"][..., None])[..., 0] * rollout["mask"]
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_kl_against_the_base_model_with_a_perturbed_policy(tmp_path, tiny_path, estimator):
+    """With B != 0 the policy differs from the reference: the logged KL and the KL penalty are what the full
+    softmax of the policy and of the plain base model (a separate copy, no adapter) give."""
+    from transformers import AutoModelForCausalLM
+
+    trainer = make_trainer(tmp_path, [f"train.kl_estimator={estimator}"], [share_of_tokens_below(96)])
+    perturb_policy(trainer.model)
+    rows = [trainer.train_dataset[i] for i in range(8)]
+    rollout = trainer._make_rollout(rows)
+    mask, temperature, beta = rollout["mask"].float(), trainer.args.temperature, trainer.args.kl_coef
+    trainer.model.activate("default")  # the rollout ends on the value adapter
+    policy = full_softmax_logprobs(trainer.model.peft, rollout, temperature)
+    reference = full_softmax_logprobs(AutoModelForCausalLM.from_pretrained(str(tiny_path)).eval(), rollout, temperature)
+    torch.testing.assert_close(rollout["logp"], policy, rtol=1e-4, atol=1e-5)
+    log_ratio = (policy - reference) * mask
+    kl = log_ratio.sum(1).mean().item()
+    assert kl > 0.5  # far from the reference
+    assert trainer._metrics["kl"] == [pytest.approx(kl, rel=1e-4)]
+    penalty = {"k1": log_ratio, "k2": 0.5 * log_ratio**2, "k3": torch.exp(-log_ratio) - 1 + log_ratio}[estimator]
+    want = -beta * (penalty * mask).sum(1).mean().item()
+    assert trainer._metrics["non_score_reward"] == [pytest.approx(want, rel=1e-4)]
+
+
+def test_adaptive_kl_coefficient_moves_toward_the_target(tmp_path):
+    """kl_target: beta shrinks while the KL is below the target and grows while it is above (by the clipped
+    20% x n / horizon per rollout of n responses), and the next rollout's KL penalty uses the new beta."""
+    adaptive = ["train.kl_target=1.0", "train.kl_horizon=100"]
+    reward = share_of_tokens_below(96)
+    below = make_trainer(tmp_path / "below", adaptive, [reward])  # B = 0: KL 0 < target
+    rows = [below.train_dataset[i] for i in range(8)]
+    below._make_rollout(rows)
+    assert below._metrics["kl"] == [0.0]
+    assert below.kl_control.beta == pytest.approx(0.05 * (1 - 0.2 * 8 / 100))
+
+    above = make_trainer(tmp_path / "above", adaptive, [reward])
+    perturb_policy(above.model)  # KL of a few nats > 1.2 x target
+    above._make_rollout(rows)
+    beta = 0.05 * (1 + 0.2 * 8 / 100)
+    assert above._metrics["kl"][0] > 1.2 and above.kl_control.beta == pytest.approx(beta)
+    above._make_rollout(rows)
+    metrics = above._metrics
+    assert metrics["beta"] == [0.05, pytest.approx(beta)]
+    assert metrics["non_score_reward"][1] == pytest.approx(-beta * metrics["kl"][1], rel=1e-5)  # k1: the same sum
+    assert above.kl_control.beta == pytest.approx(beta * (1 + 0.2 * 8 / 100))
+
+    fixed = make_trainer(tmp_path / "fixed", reward_funcs=[reward])  # no kl_target: beta stays
+    perturb_policy(fixed.model)
+    fixed._make_rollout(rows)
+    assert fixed.kl_control.beta == 0.05
+
+
+def test_whiten_rewards_whitens_what_gae_gets(tmp_path, monkeypatch):
+    from lowtune.rl import core
+
+    seen = []
+    real_token_rewards, real_gae = core.token_rewards, core.gae
+
+    def token_rewards(*args, **kwargs):
+        seen.append(real_token_rewards(*args, **kwargs))
+        return seen[-1]
+
+    def gae(rewards, values, mask, *args, **kwargs):
+        seen.append((rewards.clone(), mask))
+        return real_gae(rewards, values, mask, *args, **kwargs)
+
+    monkeypatch.setattr(core, "token_rewards", token_rewards)
+    monkeypatch.setattr(core, "gae", gae)
+    trainer = make_trainer(tmp_path, reward_funcs=[share_of_tokens_below(96)])
+    perturb_policy(trainer.model)
+    rows = [trainer.train_dataset[i] for i in range(8)]
+    trainer._make_rollout(rows)
+    raw, (got, mask) = seen
+    torch.testing.assert_close(got, raw, rtol=0, atol=0)  # off (the default): the rewards as they are
+    trainer.args.whiten_rewards = True
+    seen.clear()
+    trainer._make_rollout(rows)
+    raw, (got, mask) = seen
+    valid = raw[mask > 0]
+    mean, std = valid.mean(), valid.std()  # unbiased, over the response tokens of the whole rollout
+    want = ((raw - mean) / std + mean) * mask  # unit variance, the mean kept (shift_mean=False)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, raw, atol=1e-3)
 
 
 def test_mean_reward_rises_with_a_rule_reward(tmp_path):
@@ -320,3 +460,59 @@ def test_ppo_on_a_4bit_base_and_with_gradient_checkpointing(tmp_path, setting):
     assert summary["steps"] == 4 and (run.path / "adapter" / "adapter_model.safetensors").is_file()
     if "nf4" in setting:
         assert summary["quantization"] == "nf4"
+    # it trained: the policy's B and the value head start at zero and have moved
+    policy = load_file(str(run.path / "adapter" / "adapter_model.safetensors"))
+    assert [k for k in policy if "lora_B" in k] and all(v.abs().max() > 0 for k, v in policy.items() if "lora_B" in k)
+    head = load_file(str(run.path / "adapter" / "value" / "value_head.safetensors"))
+    assert any(v.abs().max() > 0 for v in head.values())
+
+
+def rewards_with_a_gap(value):
+    """Reward: 1.0 per response, but `value` (None, NaN, ...) for the fourth."""
+
+    def gappy_reward(completions, **kwargs):
+        return [value if i == 3 else 1.0 for i in range(len(completions))]
+
+    return gappy_reward
+
+
+@pytest.mark.parametrize("value", [None, float("nan"), "high"])
+def test_a_reward_that_is_not_a_number_is_an_error_naming_function_and_row(tmp_path, value):
+    trainer = make_trainer(tmp_path, reward_funcs=[share_of_tokens_below(96), rewards_with_a_gap(value)])
+    rows = [trainer.train_dataset[i] for i in range(8)]
+    prompt = rows[3]["prompt"][-1]["content"]
+    with pytest.raises(LowtuneError, match="reward function gappy_reward returned .* for response 3 of 8") as e:
+        trainer._make_rollout(rows)
+    assert repr(prompt[:20])[:-1] in str(e.value)  # the start of that row's prompt
+    assert trainer._metrics["score"] == []  # nothing of the rollout was logged
+
+
+def test_each_rollouts_first_ratio_is_exactly_one_with_lora_dropout(tmp_path, monkeypatch):
+    """Rollout (eval mode) and loss (train mode) score the same policy: at the first minibatch of each rollout the
+    ratio is 1 and the values are the rollout's. The second rollout is the test: at the first, LoRA's B is still
+    zero, so dropout on its input cannot change anything yet."""
+    from lowtune.rl import core
+
+    ratios, values = [], []
+    real_policy_loss, real_value_loss = core.policy_loss, core.value_loss
+
+    def policy_loss(logp, old_logp, advantages, mask, clip):
+        ratios.append(torch.exp(logp - old_logp)[mask > 0].detach())
+        return real_policy_loss(logp, old_logp, advantages, mask, clip)
+
+    def value_loss(new, old, returns, mask, clip):
+        values.append((new[mask > 0].detach(), old[mask > 0]))
+        return real_value_loss(new, old, returns, mask, clip)
+
+    monkeypatch.setattr(core, "policy_loss", policy_loss)
+    monkeypatch.setattr(core, "value_loss", value_loss)
+    trainer = make_trainer(
+        tmp_path, ["lora.dropout=0.5", "train.max_steps=5", "train.learning_rate=1e-2"], [share_of_tokens_below(96)]
+    )
+    assert trainer.args.micro_steps_per_rollout == 4  # so the fifth step is the second rollout's first
+    trainer.train()
+    assert len(ratios) == len(values) == 5
+    for step in (0, 4):
+        assert ratios[step].numel() > 0 and (ratios[step] == 1).all(), (step, ratios[step])
+        torch.testing.assert_close(*values[step], rtol=0, atol=0)
+    assert not (ratios[1] == 1).all()  # after an update the policy has moved: the check can fail

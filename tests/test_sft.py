@@ -75,18 +75,51 @@ def test_existing_run_directory_is_never_overwritten(tiny_recipe):
     assert marker.read_text() == "mine"
 
 
-def test_packing_trains(tiny_recipe):
+def test_packing_trains(tiny_recipe, monkeypatch):
+    from lowtune.recipes import sft
+
+    trainers, fit = [], sft.fit
+    monkeypatch.setattr(sft, "fit", lambda trainer, *args: trainers.append(trainer) or fit(trainer, *args))
     tiny_recipe.train.update(packing=True, max_length=64)
     tiny_recipe.eval.task = None
     _, summary = recipes.train(tiny_recipe)
     assert summary["steps"] == 4 and summary["final_loss"] > 0
+    # it packed: the 64 rows (about 30 tokens each) lie whole, two or more to a block, in blocks of at most 64 tokens
+    packed = trainers[0].train_dataset
+    assert "seq_lengths" in packed.column_names
+    lengths, parts = [len(ids) for ids in packed["input_ids"]], packed["seq_lengths"]
+    assert sum(len(p) for p in parts) == 64 and [sum(p) for p in parts] == lengths
+    assert len(packed) < 64 and max(lengths) <= 64 and sum(len(p) >= 2 for p in parts) >= len(packed) - 1
+    # and it trained on the blocks: a batch of 4 holds more than 4 sequences (positions restart at each), and the
+    # 4 steps saw more tokens than 4 batches of 4 unpacked rows can hold
+    batch = next(iter(trainers[0].get_train_dataloader()))
+    assert int((batch["position_ids"] == 0).sum()) > 4
+    assert summary["tokens"] > 4 * 4 * max(max(p) for p in parts)
 
 
-def test_eval_before_and_after_are_recorded(tiny_recipe):
+def test_eval_before_and_after_are_recorded(tiny_recipe, monkeypatch):
+    """The held-out accuracy is the share of replies whose answer is right: replies that answer 1 of 4 problems
+    right before training and 3 of 4 after give exactly 0.25 and 0.75 (the model still generates each time)."""
+    from lowtune import evaluate
+    from lowtune.data import arithmetic
+
+    answers = {p.question: p.answer for p in arithmetic.heldout(4, tiny_recipe.data.digits)}
+    generate, replies = evaluate.generate, []
+
+    def answer_some_right(model, tokenizer, questions, *args, **kwargs):
+        assert len(generate(model, tokenizer, questions, *args, **kwargs)) == len(questions)
+        right = 1 if not replies else 3
+        replies.append([f"The answer is {answers[q] + (0 if k < right else 1)}." for k, q in enumerate(questions)])
+        return replies[-1]
+
+    monkeypatch.setattr(evaluate, "generate", answer_some_right)
     _, summary = recipes.train(tiny_recipe)
     for key in ("eval_before", "eval_after"):
         assert summary[key]["task"] == "arithmetic" and summary[key]["n"] == 4
         assert 0.0 <= summary[key]["accuracy"] <= 1.0
+    assert len(replies) == 2 and all(len(r) == 4 for r in replies)
+    assert summary["eval_before"]["accuracy"] == 0.25 and summary["eval_after"]["accuracy"] == 0.75
+    assert summary["eval_before"]["example"] == replies[0][0] and summary["eval_after"]["example"] == replies[1][0]
 
 
 def test_bad_data_trains_nothing_and_leaves_no_run_directory(tiny_recipe, tmp_path):

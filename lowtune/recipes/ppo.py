@@ -18,7 +18,7 @@ from lowtune.recipes import fit, heldout_accuracy, trl_args
 from lowtune.recipes.grpo import reward_functions
 from lowtune.runs import RunDir
 
-# Sized for the builtin model on a CPU (README, benchmarks/ppo_arithmetic.py): 16 responses per
+# Sized for the builtin model on a CPU (benchmarks/ppo.py -> results/ppo_arithmetic.json): 16 responses per
 # rollout, 2 passes in minibatches of 8 = 4 optimizer steps per rollout.
 TRAIN_DEFAULTS = dict(
     learning_rate=2e-4,
@@ -50,6 +50,11 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
             "rewards: PPO needs a score: set rewards.model to a reward run, or give a rule reward a weight"
         )
     _require_columns(funcs, dataset)
+    if recipe.lora.dropout > 0:
+        ui.say(
+            f"lora.dropout={recipe.lora.dropout} is off in PPO (as in TRL's PPO trainer): the rollout's log-probs "
+            "and the loss's must come from the same policy"
+        )
     stop = sorted({tokenizer.convert_tokens_to_ids(models.end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
     trainer = PPOTrainer(
         model=policy, args=args, train_dataset=dataset, processing_class=tokenizer, reward_funcs=funcs,

@@ -12,13 +12,16 @@ One trainer step is one optimizer step on one minibatch of a rollout. Every
    whitened over the rollout; returns = advantages + values.
 
 Then `num_ppo_epochs` passes over the rollout in shuffled minibatches: clipped surrogate loss +
-`vf_coef` * clipped value loss. Being a Trainer gives the rest: optimizer, schedule, gradient
-accumulation, checkpoints (which here also hold the rollout in progress, so a resumed run continues
-exactly), callbacks and logging.
+`vf_coef` * clipped value loss. Dropout is off throughout (LoRA's `lora.dropout` included), as in TRL's
+PPOTrainer: the rollout is scored in eval mode and the loss in train mode, so with dropout on, the
+importance ratio and the value clip would not start at 1 and at the rollout's values. Being a
+Trainer gives the rest: optimizer, schedule, gradient accumulation, checkpoints (which here also
+hold the rollout in progress, so a resumed run continues exactly), callbacks and logging.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ import torch
 from torch.utils.data import Sampler
 from transformers import Trainer, TrainingArguments
 
+from lowtune.errors import LowtuneError
 from lowtune.kernels import token_logprobs
 from lowtune.rl import core
 from lowtune.rl.model import POLICY, REFERENCE, REWARD, VALUE, ActorCritic
@@ -129,6 +133,7 @@ class PPOTrainer(Trainer):
             )
         model.activate(POLICY)
         model.restore_grad_flags()  # before the optimizer collects the trainable parameters
+        disable_dropout(model)
         super().__init__(
             model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
             data_collator=lambda rows: rows, **kwargs,
@@ -271,7 +276,7 @@ class PPOTrainer(Trainer):
                 values = func(
                     completions=completions, prompts=[r["prompt"] for r in rows], completion_ids=ids, **columns
                 )
-                values = [float("nan") if v is None else float(v) for v in values]
+                values = checked_rewards(func, values, rows)
                 parts[func.__name__] = values
                 total += weight * torch.tensor(values, device=device)
         if self.model.has_reward_adapter:
@@ -368,6 +373,47 @@ class PPOTrainer(Trainer):
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off for good: p = 0 in every nn.Dropout (PEFT's LoRA dropout is one) and a 0 `attention_dropout`
+    in the attention modules that keep it as a number (transformers' Llama, Qwen2, ... apply it functionally)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+def checked_rewards(func, values, rows: list[dict]) -> list[float]:
+    """A reward function's values as floats, one per response; anything else is an error naming the function
+    and the response (a None or NaN would spread to the whole rollout through the advantages' whitening)."""
+    name = getattr(func, "__name__", repr(func))
+    values = list(values)
+    if len(values) != len(rows):
+        raise LowtuneError(f"reward function {name} returned {len(values)} values for {len(rows)} responses")
+    out = []
+    for i, value in enumerate(values):
+        try:
+            number = None if value is None else float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not math.isfinite(number):
+            raise LowtuneError(
+                f"reward function {name} returned {value!r} for response {i} of {len(rows)} in the rollout "
+                f"(prompt: {_prompt_start(rows[i].get('prompt'))}); PPO needs a finite number for every response "
+                "(unlike TRL's GRPO, it does not read None as 'not applicable')"
+            )
+        out.append(number)
+    return out
+
+
+def _prompt_start(prompt, limit: int = 60) -> str:
+    """The start of a prompt's last message (or of a plain-text prompt), quoted, for an error message."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+        prompt = prompt[-1].get("content", "")
+    text = str(prompt)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def response_mask(responses: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:

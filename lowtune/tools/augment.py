@@ -21,12 +21,16 @@ The call syntax is plain text — "[Calculator(400 / 1400) -> 0.29]" — so the 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from lowtune.files import write_new_text
 from lowtune.kernels import token_logprobs
 from lowtune.tools import run_tool
 
@@ -95,9 +99,14 @@ def loss_weights(n: int) -> torch.Tensor:
     return w / w.sum() if w.sum() > 0 else w
 
 
+def call_gain(loss_none: float, loss_no_result: float, loss_with_result: float) -> float:
+    """L- - L+: L- = min(L(no call), L(call without result)), L+ = L(call with result)."""
+    return min(loss_none, loss_no_result) - loss_with_result
+
+
 def keep_call(loss_none: float, loss_no_result: float, loss_with_result: float, tau_f: float) -> bool:
-    """The filter: L- - L+ >= tau_f with L- = min(no call, call without result)."""
-    return min(loss_none, loss_no_result) - loss_with_result >= tau_f
+    """The filter the pipeline applies to each executed call: L- - L+ >= tau_f (see `call_gain`)."""
+    return call_gain(loss_none, loss_no_result, loss_with_result) >= tau_f
 
 
 def annotation_prompt(tool, text: str) -> str:
@@ -126,6 +135,13 @@ class Augmented:
     text: str
     annotated: str
     calls: list[dict] = field(default_factory=list)  # kept calls: tool, arg, result, position, gain
+
+
+def write_results(out: Path, results: list[Augmented]) -> None:
+    """Write `lowtune augment`'s rows to `out` as JSON lines, whole or not at all: a unique temporary beside
+    it, then linked into place, refusing to replace a file that appeared at `out` while augmenting."""
+    rows = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in results)
+    write_new_text(Path(out), rows, doing="augmenting")
 
 
 class Augmenter:
@@ -217,8 +233,9 @@ class Augmenter:
             results = [(i, arg, run_tool(tool, arg)) for i, arg in calls]
             results = [(i, arg, r) for i, arg, r in results if r is not None]
             stats.executed += len(results)
-            for (i, arg, result), gain in zip(results, self.gains(tool, text, tokens, results), strict=True):
-                if gain >= cfg["tau_f"]:
+            for (i, arg, result), losses in zip(results, self.call_losses(tool, text, tokens, results), strict=True):
+                if keep_call(*losses, cfg["tau_f"]):
+                    gain = call_gain(*losses)
                     stats.kept += 1
                     char = tokens[1][i]
                     if char not in best or gain > best[char]["gain"]:
@@ -298,19 +315,18 @@ class Augmenter:
         return self.tokenizer.batch_decode(generated, skip_special_tokens=True)
 
     @torch.no_grad()
-    def gains(self, tool, text: str, tokens, results: list[tuple[int, str, str]]) -> list[float]:
-        """L- - L+ for each executed call (i, arg, result)."""
+    def call_losses(
+        self, tool, text: str, tokens, results: list[tuple[int, str, str]]
+    ) -> list[tuple[float, float, float]]:
+        """(L_i(no call), L_i(call without result), L_i(call with result)) for each executed call (i, arg, result):
+        what `keep_call` and `call_gain` take."""
         if not results:
             return []
         prefixes = [""] + [
             p for _, arg, r in results for p in (format_call(tool.name, arg), format_call(tool.name, arg, r))
         ]
         losses = self._weighted_losses(prefixes, text, tokens, sorted({i for i, _, _ in results}))
-        out = []
-        for k, (i, _, _) in enumerate(results):
-            none, no_result, with_result = losses[0][i], losses[1 + 2 * k][i], losses[2 + 2 * k][i]
-            out.append(min(none, no_result) - with_result)
-        return out
+        return [(losses[0][i], losses[1 + 2 * k][i], losses[2 + 2 * k][i]) for k, (i, _, _) in enumerate(results)]
 
     def _weighted_losses(self, prefixes: list[str], text: str, tokens, positions: list[int]) -> list[dict[int, float]]:
         """For each prefix z: {i: L_i(z)} over the given token positions of `text`."""
