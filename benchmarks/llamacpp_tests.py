@@ -3,13 +3,15 @@
     python benchmarks/llamacpp_tests.py
 
 Runs tests/test_llamacpp.py and tests/test_gguf.py (whose exports also verify in llama.cpp when it is
-installed) with pytest's JSON-free summary and writes benchmarks/results/llamacpp_tests.{json,md}:
-each test's outcome, the counts, the machine and the llama-cpp-python version.
+installed), with LOWTUNE_TEST_SMOLLM2_GGUF=1 so that SmolLM2's own f16 export runs too, and writes
+benchmarks/results/llamacpp_tests.{json,md}: each test's outcome, the counts, the machine and the
+llama-cpp-python version.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -30,10 +32,13 @@ def main() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *FILES],
         cwd=ROOT,
+        env={**os.environ, "LOWTUNE_TEST_SMOLLM2_GGUF": "1"},  # the real model's export too
         capture_output=True,
         text=True,
     )
-    outcomes = re.findall(r"^(PASSED|FAILED|SKIPPED|ERROR) (\S+)", done.stdout, re.M)
+    outcomes = re.findall(r"^(PASSED|FAILED|ERROR) (\S+)", done.stdout, re.M)
+    skipped = re.findall(r"^SKIPPED \[\d+\] (\S+): (.*)$", done.stdout, re.M)
+    outcomes += [("SKIPPED", f"{where}: {why}") for where, why in skipped]
     closing = done.stdout.strip().splitlines()[-1]
     info = machine_info(("transformers", "peft", "gguf", "llama_cpp"))
     report = {

@@ -29,27 +29,9 @@ def _randomize_biases(model_dir):
 @pytest.fixture(scope="module")
 def tiny_qwen2(tiny_path, tmp_path_factory):
     """A 2-layer random qwen2 (q/k/v biases, no rotary permutation) with tiny-random's ChatML tokenizer."""
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer
 
-    path = tmp_path_factory.mktemp("qwen2") / "qwen2"
-    tokenizer = AutoTokenizer.from_pretrained(tiny_path)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        initializer_range=0.1,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    path = _tiny_model(tmp_path_factory.mktemp("qwen2") / "qwen2", AutoTokenizer.from_pretrained(tiny_path), "qwen2")
     _randomize_biases(path)
     return path
 
@@ -184,11 +166,10 @@ def test_smollm2_f16_round_trip(tmp_path):
 
 def _tiny_model(path, tokenizer, model_type="llama", **config):
     """A 2-layer random model of `model_type` with `tokenizer`, saved at `path`."""
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    import transformers
 
-    cls_config, cls_model = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}[
-        model_type
-    ]
+    prefix = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[model_type]
+    cls_config, cls_model = getattr(transformers, f"{prefix}Config"), getattr(transformers, f"{prefix}ForCausalLM")
     settings = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
