@@ -416,7 +416,7 @@ class Probes:
                 self.gaps.append((top2[:, 0] - top2[:, 1]).tolist())
 
 
-def as_written(model, config: dict, quant: str) -> None:
+def as_written(model, quant: str) -> None:
     """Give `model` (float32, HF layout) in place the weights a `quant` file from the gguf package holds.
 
     Each tensor goes through the writer's own rule (`_add_tensor`): quantized and dequantized with the
@@ -460,7 +460,7 @@ def verify(model_dir: Path, gguf_path: Path, quant: str, tokenizer, chat: ChatFo
     probed = Probes(source, tokenizer, chat, probes, greedy=use_llama_cpp)
     written = None
     if spec.writer == "gguf":
-        as_written(source, read_config(model_dir), quant)
+        as_written(source, quant)
         with torch.no_grad():
             written = [source(input_ids=torch.tensor([i])).logits[0] for i in probed.ids]
     del source
@@ -519,10 +519,11 @@ def _verify_transformers(model_dir, gguf_path, tokenizer, chat, probed: Probes) 
             # transformers' GGUF loader reads no rope_freqs: give it the source's rope settings (the
             # llama.cpp check runs the file's own); the weights and the tokenizer come from the file.
             config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-            arch = ARCHITECTURES[AutoConfig.from_pretrained(model_dir).model_type]
+            source_config = AutoConfig.from_pretrained(model_dir)
+            arch = ARCHITECTURES[source_config.model_type]
             if config.model_type != arch:  # transformers reads a llama file named "*mistral*" as mistral
                 config = AutoConfig.for_model(arch, **{k: v for k, v in config.to_dict().items() if k != "model_type"})
-            config.rope_parameters = AutoConfig.from_pretrained(model_dir).rope_parameters
+            config.rope_parameters = source_config.rope_parameters
             loaded = AutoModelForCausalLM.from_pretrained(
                 gguf_path.parent, gguf_file=gguf_path.name, config=config, dtype=torch.float32
             ).eval()
