@@ -146,8 +146,8 @@ def toolformer(cfg: dict, workdir: Path) -> dict:
     from lowtune import models, ui
     from lowtune.config import ModelConfig
     from lowtune.data import arithmetic
+    from lowtune.toolformer.augment import Augmenter
     from lowtune.tools import Calculator
-    from lowtune.tools.augment import Augmenter
 
     torch.manual_seed(0)
     base, tokenizer = models.load(ModelConfig(name=cfg["model"]))

@@ -211,8 +211,8 @@ def _measure(shape: str, design: str, tmp: str) -> None:
 
     from lowtune import data, models
     from lowtune.config import DataConfig, LoraConfig
-    from lowtune.recipes.reward import encode
     from lowtune.rl import ActorCritic, PPOConfig, PPOTrainer
+    from lowtune.scoring import encode
 
     torch.manual_seed(0)
     setup = SHAPES[shape]

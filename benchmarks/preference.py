@@ -83,7 +83,7 @@ def reward_report(report: dict, summary: dict, logs: list[dict]) -> list[tuple[s
     from lowtune.data import load_pairs
 
     recipe = load_recipe(None, ["method=reward", *[f"data.{k}={v}" for k, v in _data_overrides(report).items()]])
-    from lowtune.recipes.reward import RewardModel
+    from lowtune.scoring import RewardModel
 
     heldout = load_pairs(recipe.data).heldout
     lengths = [(len(r["chosen"][0]["content"]), len(r["rejected"][0]["content"])) for r in heldout]

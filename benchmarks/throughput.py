@@ -229,7 +229,7 @@ def _log_record(step: int, when: float, logs: dict) -> dict:
 
 def lowtune_worker(spec: dict) -> dict:
     """lowtune.recipes.train on the shipped recipe for the method, with the benchmark's overrides."""
-    from lowtune import models, recipes
+    from lowtune import recipes
     from lowtune.config import load_recipe
 
     baseline, at_start = _rss_mb(), {}
@@ -278,9 +278,7 @@ def lowtune_worker(spec: dict) -> dict:
         **at_start,
         "summary": {k: summary[k] for k in keep if k in summary},
         "learning_rate": recipe.train.get("learning_rate"),
-        "compute_dtype": str(models.resolve_dtype(recipe.model, models.resolve_device(recipe.model))).removeprefix(
-            "torch."
-        ),
+        "compute_dtype": summary["placement"]["dtype"],
     }
 
 
@@ -836,10 +834,10 @@ def _pyplot():
 
 
 def _write_json(stem: Path, report: dict) -> None:
+    from lowtune.files import replace_atomic
+
     stem.parent.mkdir(parents=True, exist_ok=True)
-    tmp = stem.with_name(f".{stem.name}.json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, stem.with_suffix(".json"))
+    replace_atomic(stem.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
 
 
 def _write_report(stem: Path, report: dict, columns: list[str], rows: list[list[str]], notes: list[str]) -> None:

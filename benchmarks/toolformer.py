@@ -39,8 +39,8 @@ GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 def gsm8k_agreement(model, tokenizer, recipe, n: int) -> dict:
     """Annotate the first `n` GSM8K test solutions with the recipe's augmentation settings."""
     from lowtune.data.arithmetic_text import load_texts
+    from lowtune.toolformer.augment import Augmenter
     from lowtune.tools import load_tool
-    from lowtune.tools.augment import Augmenter
 
     texts, human = load_texts(str(GSM8K), n)
     cfg = recipe.augment

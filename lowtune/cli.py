@@ -148,6 +148,7 @@ def _quiet_libraries() -> None:
 def cmd_train(args) -> int:
     from lowtune import recipes, ui
     from lowtune.config import load_recipe
+    from lowtune.runs import RunDir
 
     if args.num_processes is not None:
         return _launch(args.num_processes, args.argv[1:])
@@ -161,67 +162,20 @@ def cmd_train(args) -> int:
         args.resume = "latest"
     if args.resume and args.resume != "latest":
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
+        if not RunDir(run_dir).config.is_file():
             raise LowtuneError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-        recipe = load_recipe(run_dir / "config.yaml", overrides)  # the run's own recipe, as it started
+        recipe = load_recipe(RunDir(run_dir).config, overrides)  # the run's own recipe, as it started
     elif args.recipe:
-        recipe = load_recipe(recipes.find_recipe(args.recipe), overrides)
-        run_dir = recipes.latest_run(recipe) if args.resume else None
+        path = recipes.find_recipe(args.recipe)
+        recipe = load_recipe(path, overrides)
+        recipe.output.name = recipe.output.name or path.stem  # a run is named after its recipe
+        run_dir = RunDir.latest(recipe) if args.resume else None
     else:
         raise LowtuneError("lowtune train needs a recipe (e.g. `lowtune train sft`) or --resume RUN_DIR")
     if args.quiet:
         recipe.output.quiet = True
     run, summary = recipes.train(recipe, resume=run_dir)
-    rows = [
-        ("run", str(run.path)),
-        ("model", summary["model"]),
-        ("device", summary["device"]),
-        ("steps", str(summary["steps"])),
-        ("wall time", f"{summary['wall_time_s']:.1f} s ({summary['s_per_step']:.2f} s/step)"),
-        ("tokens/s", f"{summary['tokens_per_s']:,.0f}"),
-        ("peak memory", f"{summary['peak_memory_mb']:,.0f} MiB"),
-        (
-            "loss",
-            "-" if summary["final_loss"] is None else f"{summary['first_loss']:.4f} → {summary['final_loss']:.4f}",
-        ),
-    ]
-    before, after = summary.get("eval_before"), summary.get("eval_after")
-    if before and after:
-        rows.append(
-            (f"{before['task']} accuracy (n={before['n']})", f"{before['accuracy']:.0%} → {after['accuracy']:.0%}")
-        )
-        if after.get("tools"):
-            calls = f"{before.get('replies_with_a_call')} → {after.get('replies_with_a_call')} of {after['n']}"
-            rows.append((f"replies that called {', '.join(after['tools'])}", calls))
-    if summary.get("augmentation"):
-        aug = summary["augmentation"]
-        rows.append(("Toolformer augmentation", f"{aug['rows_with_calls']} of {aug['rows']} rows got a call"))
-    before, after = summary.get("pairwise_before"), summary.get("pairwise_after")
-    if before and after:
-        rows.append(
-            (f"held-out pairwise accuracy (n={after['n']})", f"{before['accuracy']:.1%} → {after['accuracy']:.1%}")
-        )
-    if summary.get("preference_after"):
-        pref = summary["preference_after"]
-        rows.append(
-            (
-                f"held-out implicit-reward accuracy (n={pref['n']})",
-                f"{pref['accuracy']:.1%}, margin {pref['mean_margin']:.3f}",
-            )
-        )
-    if summary.get("skipped_rows"):
-        rows.append(("skipped bad rows", f"{len(summary['skipped_rows'])} (listed in summary.json)"))
-    ui.summary_table(f"lowtune {summary['method']}", rows)
-    if summary["method"] == "reward":
-        ui.say(
-            f"adapter (LoRA + score head) saved to {run.adapter}; "
-            f'try: lowtune score {run.path} --prompt "..." --reply "..."'
-        )
-    else:
-        tools = (summary.get("eval_after") or {}).get("tools")
-        example = "Ken buys 16 packs of 986 shells. How many shells is that?" if tools else "What is 23 + 58?"
-        also = f" --tools {','.join(tools)}" if tools else ""
-        ui.say(f'adapter saved to {run.adapter}; try: lowtune generate {run.path} --prompt "{example}"{also}')
+    ui.run_summary(run.path, summary)
     return 0
 
 
@@ -232,8 +186,8 @@ def cmd_generate(args) -> int:
     if args.tools:
         from rich.markup import escape
 
+        from lowtune.toolformer.generate import generate_with_tools
         from lowtune.tools import load_tool
-        from lowtune.tools.generate import generate_with_tools
 
         tools = [load_tool(t) for t in args.tools.split(",") if t.strip()]
         for prompt in args.prompt:
@@ -292,8 +246,8 @@ def _launch(n: int, train_args: list[str]) -> int:
 def cmd_augment(args) -> int:
     from lowtune import dist, models, ui
     from lowtune.data.arithmetic_text import load_texts
+    from lowtune.toolformer.augment import STATS_COLUMNS, Augmenter, write_results
     from lowtune.tools import load_tool
-    from lowtune.tools.augment import STATS_COLUMNS, Augmenter, write_results
 
     dist.refuse("Toolformer augmentation (lowtune augment)")
     out = Path(args.out)
@@ -345,7 +299,7 @@ def cmd_eval(args) -> int:
 
 def cmd_score(args) -> int:
     from lowtune import ui
-    from lowtune.recipes.reward import RewardModel
+    from lowtune.scoring import RewardModel
 
     if args.reply and not args.prompt:
         raise LowtuneError("--reply needs --prompt (the user message it answers)")

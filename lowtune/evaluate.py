@@ -1,4 +1,4 @@
-"""Generation and accuracy on verifiable tasks (used by `lowtune eval`, recipes and benchmarks).
+"""Generation and accuracy on verifiable tasks (used by `lowtune eval`, the training methods and benchmarks).
 
 The answer rule is the one the rewards use (`lowtune.rewards.extract_answer`): an `<answer>` tag,
 `\\boxed{}`, `#### n` or "the answer is n" if present, else the last number in the reply.
@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from lowtune.config import Recipe
 from lowtune.data import arithmetic
+from lowtune.errors import LowtuneError
+from lowtune.results import HeldoutAccuracy
 from lowtune.rewards import extract_answer, to_number
 
 
@@ -99,13 +102,13 @@ def accuracy(
     tools: list | None = None,
 ) -> EvalResult:
     """Greedy accuracy on `problems` (each with `question` and integer `answer`); with `tools`, the model may
-    call them while answering (`lowtune.tools.generate.generate_with_tools`, one problem at a time)."""
+    call them while answering (`lowtune.toolformer.generate.generate_with_tools`, one problem at a time)."""
     questions = [p.question for p in problems]
     was_training = model.training
     model.eval()
     calls = None
     if tools:
-        from lowtune.tools.generate import generate_with_tools
+        from lowtune.toolformer.generate import generate_with_tools
 
         answered = [generate_with_tools(model, tokenizer, q, tools, max_new_tokens, system_prompt=system_prompt)
                     for q in questions]  # fmt: skip
@@ -116,3 +119,29 @@ def accuracy(
     correct = sum(to_number(extract_answer(r)) == p.answer for p, r in zip(problems, replies, strict=True))
     examples = [(p.question, r, p.answer) for p, r in zip(problems, replies, strict=True)]
     return EvalResult(correct / len(problems), len(problems), examples, calls)
+
+
+def heldout_accuracy(model, tokenizer, recipe: Recipe, before: bool = False) -> HeldoutAccuracy | None:
+    """Greedy accuracy on the recipe's held-out task, or None when `eval.task` is null (or, for the
+    score `before` training, when `eval.before` is off). With several processes the main one scores."""
+    from lowtune import dist
+    from lowtune.tools import load_tool
+
+    cfg = recipe.eval
+    if cfg.task is None or (before and not cfg.before) or not dist.is_main():
+        return None
+    common = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, system_prompt=recipe.system_prompt(),
+                  tools=[load_tool(t) for t in cfg.tools])  # fmt: skip
+    digits = cfg.digits or recipe.data.digits
+    if cfg.task == "arithmetic":
+        result = arithmetic_accuracy(model, tokenizer, n=cfg.n, digits=digits,
+                                     operations=cfg.operations or recipe.data.operations,
+                                     operands=cfg.operands or recipe.data.operands, **common)  # fmt: skip
+    elif cfg.task == "word_problems":
+        result = word_problem_accuracy(model, tokenizer, n=cfg.n, digits=digits, **common)
+    else:
+        raise LowtuneError(f"eval.task {cfg.task!r} is unknown; use arithmetic, word_problems or null")
+    return HeldoutAccuracy(
+        task=cfg.task, n=result.n, accuracy=result.accuracy, example=result.examples[0][1],
+        tools=list(cfg.tools) or None, replies_with_a_call=result.replies_with_a_call if cfg.tools else None,
+    )  # fmt: skip

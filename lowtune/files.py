@@ -144,3 +144,26 @@ def place_directory(staged: Path, out: Path, doing: str) -> None:
     except FileExistsError:
         raise _appeared(out, doing) from None
     _fsync_directory(out.parent)
+
+
+def probe(check) -> bool:
+    """A filesystem check (e.g. `path.is_dir`) that treats an unusable path (too long, bad bytes) as absent."""
+    try:
+        return check()
+    except (OSError, ValueError):
+        return False
+
+
+def did_you_mean_path(path: Path) -> str:
+    """' — did you mean runs/sft?' when a sibling of a missing path has a close name, else ''."""
+    import difflib
+
+    parent = path.parent
+    if str(parent) in ("", ".") or not probe(parent.is_dir):
+        return ""
+    try:
+        siblings = [p.name for p in parent.iterdir()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+    return f" — did you mean {parent / close[0]}?" if close else ""

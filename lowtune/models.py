@@ -1,8 +1,7 @@
 """Load a base model and tokenizer, quantized or not, and attach or load LoRA adapters.
 
-Policy: CUDA if available, else CPU (overridable). `quantization: auto` means NF4 on CUDA and
-full precision on CPU: on CPU, memory is rarely the limit and bitsandbytes' 4-bit path is slower
-(SmolLM2-135M SFT: 2.36 vs 1.83 s/step on 2 Xeon cores, see README); `nf4` forces QLoRA anywhere.
+Where and in what precision is decided once per run by `lowtune.placement`; a model name (builtin, local
+directory, hub id) is checked here before anything loads, and a failed load ends in one LowtuneError.
 """
 
 from __future__ import annotations
@@ -10,39 +9,15 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
-import os
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 
-from lowtune import builtin, dist
-from lowtune.config import LoraConfig, ModelConfig, Recipe, load_recipe
+from lowtune import builtin, dist, runs
+from lowtune.config import LoraConfig, ModelConfig
 from lowtune.errors import LowtuneError
-
-
-def resolve_device(cfg: ModelConfig) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise LowtuneError("model.device is cuda but no CUDA device is visible; use model.device=auto")
-    if cfg.device == "auto":
-        cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
-        return torch.device("cuda", dist.local_rank()) if cuda else torch.device("cpu")
-    # Several processes on one machine: each its own GPU (LOCAL_RANK, set by accelerate launch / torchrun).
-    return torch.device("cuda", dist.local_rank()) if cfg.device == "cuda" else torch.device(cfg.device)
-
-
-def resolve_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
-    if cfg.dtype != "auto":
-        return getattr(torch, cfg.dtype)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def resolve_quantization(cfg: ModelConfig, device: torch.device) -> str:
-    if cfg.quantization == "auto":
-        return "nf4" if device.type == "cuda" else "none"
-    return cfg.quantization
+from lowtune.files import did_you_mean_path, probe
+from lowtune.placement import Placement
 
 
 def resolve_path(name: str, say=None, runs: bool = False) -> str:
@@ -59,8 +34,8 @@ def resolve_path(name: str, say=None, runs: bool = False) -> str:
     path = Path(name)
     with contextlib.suppress(RuntimeError, ValueError):  # ~user of no such user, or not a user name
         path = path.expanduser()
-    if _is(path.is_dir):
-        if not _is((path / "config.json").is_file):
+    if probe(path.is_dir):
+        if not probe((path / "config.json").is_file):
             raise LowtuneError(_not_a_model(path, runs))
         try:
             config = json.loads((path / "config.json").read_text())
@@ -72,13 +47,13 @@ def resolve_path(name: str, say=None, runs: bool = False) -> str:
                 "directory; restore the file (save or download the model again)"
             )
         return str(path)
-    if _is(path.exists):  # a file
+    if probe(path.exists):  # a file
         raise LowtuneError(
             f"{str(path)!r} is a file, not {_kinds(runs)}, a builtin or a Hugging Face id; give the directory "
             "that holds the model"
         )
     label, builtins = "run or model" if runs else "model", f"a builtin ({', '.join(builtin.BUILTINS)})"
-    missing = f"{_kinds(runs)} (no such directory{_nearby(path)})"
+    missing = f"{_kinds(runs)} (no such directory{did_you_mean_path(path)})"
     if name.count("/") != 1 or name.startswith((".", "/", "~")):
         close = difflib.get_close_matches(name, builtin.BUILTINS, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}? " if close else ""
@@ -103,21 +78,13 @@ def resolve_path(name: str, say=None, runs: bool = False) -> str:
 _ON_HUB: set[str] = set()  # hub ids whose config.json was found, in the cache or on the Hub
 
 
-def _is(check) -> bool:
-    """A filesystem check that treats an unusable path (too long, bad bytes) as absent."""
-    try:
-        return check()
-    except (OSError, ValueError):
-        return False
-
-
 def _kinds(runs: bool) -> str:
     return "a run, adapter or model directory" if runs else "a model directory"
 
 
 def _not_a_model(path: Path, runs: bool) -> str:
-    if _is((path / "config.yaml").is_file) or _is((path / "checkpoints").is_dir):  # a lowtune run
-        resume = f"; continue it with `lowtune train --resume {path}`" if _is((path / "checkpoints").is_dir) else ""
+    if probe((path / "config.yaml").is_file) or probe((path / "checkpoints").is_dir):  # a lowtune run
+        resume = f"; continue it with `lowtune train --resume {path}`" if probe((path / "checkpoints").is_dir) else ""
         if runs:
             return f"run {path} has no adapter (no adapter/adapter_config.json): it did not finish training{resume}"
         return (
@@ -134,19 +101,6 @@ def _not_a_model(path: Path, runs: bool) -> str:
         f"{path} is not a model directory (no config.json); give a Hugging Face model directory "
         "(config.json, tokenizer, *.safetensors), a builtin (`lowtune models`) or a hub id like org/name"
     )
-
-
-def _nearby(path: Path) -> str:
-    """' — did you mean runs/sft?' when a sibling of a missing path has a close name."""
-    parent = path.parent
-    if str(parent) in ("", ".") or not _is(parent.is_dir):
-        return ""
-    try:
-        siblings = [p.name for p in parent.iterdir()]
-    except OSError:
-        return ""
-    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
-    return f" — did you mean {parent / close[0]}?" if close else ""
 
 
 def _hub_problem(name: str, e: BaseException) -> tuple[str, str]:
@@ -219,7 +173,7 @@ def loading(name: str | Path, what: str = "model"):
         from huggingface_hub import errors as hub
         from huggingface_hub import is_offline_mode
 
-        name, local = str(name), _is(Path(name).is_dir)
+        name, local = str(name), probe(Path(name).is_dir)
         hub_kinds = (hub.HfHubHTTPError, hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled)
         if not local and any(isinstance(x, hub_kinds) for x in _chain(e)):
             why, todo = _hub_problem(name, e)
@@ -269,8 +223,15 @@ def end_of_turn_token(tokenizer) -> str:
     return tokenizer.eos_token
 
 
-def load(model_cfg: ModelConfig, lora_cfg: LoraConfig | None = None, say=None, head: str = "lm"):
-    """Load base + tokenizer per `model_cfg`, and wrap it with a fresh trainable LoRA adapter.
+def load(
+    model_cfg: ModelConfig,
+    lora_cfg: LoraConfig | None = None,
+    say=None,
+    head: str = "lm",
+    placement: Placement | None = None,
+):
+    """Load base + tokenizer per `model_cfg` where `placement` says (default: resolved from `model_cfg`), and
+    wrap it with a fresh trainable LoRA adapter.
 
     Returns (model, tokenizer). With `lora_cfg=None` the base is returned without adapters.
     `head="score"` loads the base as a sequence classifier with one output (a reward model): a new
@@ -278,9 +239,8 @@ def load(model_cfg: ModelConfig, lora_cfg: LoraConfig | None = None, say=None, h
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
 
-    device = resolve_device(model_cfg)
-    dtype = resolve_dtype(model_cfg, device)
-    quantization = resolve_quantization(model_cfg, device)
+    placement = placement or Placement.resolve(model_cfg)
+    dtype, quantization = placement.dtype, placement.quantization
     path = resolve_path(model_cfg.name, say)
     if model_cfg.trust_remote_code and say:
         say(f"trust_remote_code is on: code shipped with {model_cfg.name} will run")
@@ -302,9 +262,9 @@ def load(model_cfg: ModelConfig, lora_cfg: LoraConfig | None = None, say=None, h
         kwargs["num_labels"] = 1
     auto = AutoModelForSequenceClassification if head == "score" else AutoModelForCausalLM
     # Under FSDP / ZeRO-3 accelerate shards and places the weights: no device_map.
-    placement = {} if dist.sharded() else {"device_map": {"": device}}
+    where = {} if dist.sharded() else {"device_map": {"": placement.device}}
     with loading(path):
-        model = auto.from_pretrained(path, **placement, **kwargs)
+        model = auto.from_pretrained(path, **where, **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -313,31 +273,25 @@ def load(model_cfg: ModelConfig, lora_cfg: LoraConfig | None = None, say=None, h
         return model, tokenizer
     from peft import get_peft_model
 
-    model = prepare_quantized(model, model_cfg)
+    model = prepare_quantized(model, placement.gradient_checkpointing)
     model = get_peft_model(model, peft_config(lora_cfg, "SEQ_CLS" if head == "score" else "CAUSAL_LM"))
     return model, tokenizer
 
 
-def resolve_gradient_checkpointing(cfg: ModelConfig, device: torch.device) -> bool:
-    if cfg.gradient_checkpointing == "auto":
-        return device.type == "cuda"
-    return bool(cfg.gradient_checkpointing)
-
-
-def prepare_quantized(model, model_cfg: ModelConfig):
+def prepare_quantized(model, gradient_checkpointing: bool):
     """Ready a 4-/8-bit base for adapter training; other models pass through.
 
     The base weights are frozen and, with gradient checkpointing, the embeddings' output requires grad
     so that checkpointed blocks still pass gradients back to the adapters. Unlike PEFT's
     `prepare_model_for_kbit_training`, the 16-bit weights (embeddings, LM head, norms) keep their
-    dtype instead of going to fp32: at the Qwen2.5-1.5B shape that upcast alone held 0.43 GiB more
-    from the start of training (H200 measurement, README), and the trainers compute in 16-bit anyway.
+    dtype instead of going to fp32, which holds more memory from the start of training; the trainers compute
+    in 16-bit anyway.
     """
     if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
         return model
     for param in model.parameters():
         param.requires_grad_(False)
-    if resolve_gradient_checkpointing(model_cfg, model.device):
+    if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return model
@@ -364,57 +318,14 @@ def load_for_inference(model_or_run: str, device: str = "auto", say=None):
     Returns (model, tokenizer, description). A run or adapter gives base + adapter (not merged);
     the base is loaded in full precision on CPU and per the run's recipe on CUDA.
     """
-    path = Path(model_or_run)
-    if not any(_is((p / "adapter_config.json").is_file) for p in (path / "adapter", path)):
+    if not runs.is_run_or_adapter(model_or_run):
         # Not a run or adapter: a builtin, model directory or hub id, checked with runs in the message.
         cfg = ModelConfig(name=resolve_path(model_or_run, say, runs=True), device=device)
         model, tokenizer = load(cfg)
         return model.eval(), tokenizer, model_or_run
-    adapter_dir = find_adapter(path)
-    model, tokenizer, recipe = load_adapter(adapter_dir, device, say)
-    base_name = recipe.model.name if recipe else adapter_base(adapter_dir)
-    return model, tokenizer, f"{base_name} + {adapter_dir}"
-
-
-def find_adapter(run_or_adapter: str | Path) -> Path:
-    """The PEFT adapter directory of a run directory (or the adapter directory itself)."""
-    path = Path(run_or_adapter)
-    for candidate in (path / "adapter", path):
-        if _is((candidate / "adapter_config.json").is_file):
-            return candidate
-    if not _is(path.exists):
-        raise LowtuneError(
-            f"{str(path)!r} does not exist{_nearby(path)}; it is neither a run directory nor an adapter directory "
-            "(e.g. runs/sft); check the path"
-        )
-    if _is((path / "checkpoints").is_dir):
-        raise LowtuneError(
-            f"{path} has no adapter (no adapter/adapter_config.json): the run did not finish training; "
-            f"continue it with `lowtune train --resume {path}`"
-        )
-    raise LowtuneError(
-        f"{path} has no adapter (no adapter/adapter_config.json or adapter_config.json); give a finished run "
-        "directory (e.g. runs/sft) or its adapter directory"
-    )
-
-
-def adapter_config(adapter_dir: Path) -> dict:
-    """The adapter's adapter_config.json; a damaged one is a LowtuneError."""
-    path = adapter_dir / "adapter_config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise LowtuneError(
-            f"{path} cannot be read ({_first_line(e)}); the adapter is damaged, train it again"
-        ) from None
-    if not isinstance(config, dict):
-        raise LowtuneError(f"{path} is not a JSON object; the adapter is damaged, train it again")
-    return config
-
-
-def adapter_task(adapter_dir: Path) -> str | None:
-    """PEFT's task type of an adapter: CAUSAL_LM (a language model) or SEQ_CLS (a reward model)."""
-    return adapter_config(adapter_dir).get("task_type")
+    adapter_dir = runs.find_adapter(model_or_run)
+    model, tokenizer, _ = load_adapter(adapter_dir, device, say)
+    return model, tokenizer, f"{runs.base_model(adapter_dir)} + {adapter_dir}"
 
 
 def load_adapter(adapter_dir: Path, device: str = "auto", say=None, head: str = "lm"):
@@ -424,14 +335,14 @@ def load_adapter(adapter_dir: Path, device: str = "auto", say=None, head: str = 
     """
     from peft import PeftModel
 
-    task = adapter_task(adapter_dir)
+    task = runs.adapter_task(adapter_dir)
     if head == "lm" and task == "SEQ_CLS":
         raise LowtuneError(f"{adapter_dir} is a reward model; it scores text (`lowtune score`), it does not generate")
     if head == "score" and task != "SEQ_CLS":
         raise LowtuneError(f"{adapter_dir} is not a reward model adapter (train one with `lowtune train reward`)")
     require_safetensors(adapter_dir)
-    recipe = run_recipe(adapter_dir)
-    cfg = recipe.model if recipe else ModelConfig(name=adapter_base(adapter_dir))
+    recipe = runs.read_recipe(adapter_dir)
+    cfg = recipe.model if recipe else ModelConfig(name=runs.base_model(adapter_dir))
     cfg.device = device
     model, tokenizer = load(cfg, say=say, head=head)
     if (adapter_dir / "tokenizer_config.json").is_file():
@@ -454,15 +365,3 @@ def require_safetensors(adapter_dir: Path) -> None:
             f.keys()
     except (OSError, SafetensorError) as e:
         raise LowtuneError(f"{weights} is damaged ({_first_line(e)}); train the adapter again") from None
-
-
-def run_recipe(adapter_dir: Path) -> Recipe | None:
-    config = adapter_dir.parent / "config.yaml"
-    return load_recipe(config) if config.is_file() else None
-
-
-def adapter_base(adapter_dir: Path) -> str:
-    base = adapter_config(adapter_dir).get("base_model_name_or_path")
-    if not base or not isinstance(base, str):
-        raise LowtuneError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path")
-    return base

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -210,3 +211,19 @@ def length_reward(
         else:
             rewards.append(cosine_length_scale(length, max_length, wrong_short, wrong_long))
     return rewards
+
+
+def weighted_rewards(
+    accuracy: float, format: float, length: float, length_max: int
+) -> tuple[list[Callable[..., list[float]]], list[float]]:
+    """The rule reward functions with non-zero weight, and their weights (both empty when every weight is 0).
+
+    `length_max`: the completion length the length reward's cosine schedule ends at."""
+
+    def length_reward_(completions, answer, completion_ids=None, **kwargs):
+        return length_reward(completions, answer, completion_ids, max_length=length_max)
+
+    length_reward_.__name__ = "length_reward"  # as TRL logs it (rewards/length_reward/mean)
+    chosen = [(accuracy_reward, accuracy), (format_reward, format), (length_reward_, length)]
+    chosen = [(f, w) for f, w in chosen if w != 0]
+    return [f for f, _ in chosen], [w for _, w in chosen]

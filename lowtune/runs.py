@@ -1,12 +1,27 @@
-"""The run directory: runs/<name>/{config.yaml, adapter/, metrics.jsonl, summary.json, checkpoints/}."""
+"""The run directory, and the one place that knows its layout:
+
+    runs/<name>/config.yaml          the recipe as the run started (name: the recipe's, or output.name)
+                adapter/             the PEFT adapter + tokenizer (PPO: adapter/value/ holds the critic)
+                checkpoints/         the trainer's checkpoints (resume from the last finished one)
+                metrics.jsonl        one line per logging step
+                summary.json         the run's figures, written when it ends
+                augmented.jsonl      Toolformer: the annotated rows (with augmented_stats.json)
+
+Training writes it through `RunDir`; later commands (generate, merge, export, score, PPO's reward model)
+read a finished run through `find_adapter`, `read_recipe` and `read_summary`, as data: an old run is not
+re-validated against today's TRL, and reading one imports no TRL.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import resource
 import shutil
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +29,10 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
+from lowtune import dist
 from lowtune.config import Recipe
 from lowtune.errors import LowtuneError
-from lowtune.files import replace_atomic
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write or rewrite a file of the run whole: a unique temporary beside it, fsync, rename."""
-    replace_atomic(path, text)
+from lowtune.files import did_you_mean_path, probe, replace_atomic
 
 
 class RunDir:
@@ -29,22 +40,67 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = path
+        self.config = path / "config.yaml"
         self.adapter = path / "adapter"
         self.checkpoints = path / "checkpoints"
         self.metrics = path / "metrics.jsonl"
         self.summary = path / "summary.json"
+        self.augmented = path / "augmented.jsonl"
+        self.augmented_stats = path / "augmented_stats.json"
         self.resume_from: str | None = None  # a checkpoint directory when the run continues
         self.created = False  # made by this process (RunDir.create), not reopened
 
-    def remove_if_unsaved(self) -> bool:
-        """Remove the directory this process created if nothing was saved in it yet (no checkpoint, not even
-        a half-written one, and no adapter, not even a staged one): a run that failed before its first save
-        leaves nothing behind. A reopened or pre-existing directory is never removed. Returns whether it was."""
-        saved = [self.adapter, *self.path.glob(".adapter*"), *self.checkpoints.glob("checkpoint-*")]
-        if not self.created or any(p.exists() for p in saved):
-            return False
-        shutil.rmtree(self.path, ignore_errors=True)
-        return not self.path.exists()
+    # ------------------------------------------------------------ making, finding, reopening
+
+    @staticmethod
+    def name_of(recipe: Recipe) -> str:
+        """The run's directory name: `output.name`, which `lowtune train` sets to the recipe's file name."""
+        return recipe.output.name or recipe.method
+
+    @classmethod
+    def create(cls, recipe: Recipe) -> RunDir:
+        """Make a fresh directory for `recipe` (name, then name-2, name-3, ...) and snapshot its config."""
+        parent, name = Path(recipe.output.dir), cls.name_of(recipe)
+        parent.mkdir(parents=True, exist_ok=True)
+        path, n = parent / name, 1
+        while True:
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                path = parent / f"{name}-{n}"
+        run = cls(path)
+        run.created = True
+        replace_atomic(run.config, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        return run
+
+    @classmethod
+    def latest(cls, recipe: Recipe) -> Path:
+        """The newest run directory of this recipe's name (name, name-2, ...) that has a checkpoint."""
+        parent, name = Path(recipe.output.dir), cls.name_of(recipe)
+        found = [p for p in parent.glob(f"{name}*") if p.name == name or p.name.removeprefix(name + "-").isdigit()]
+        found = [p for p in found if cls(p).last_checkpoint()]
+        if not found:
+            raise LowtuneError(f"--resume: no run of {name} under {parent} has a checkpoint to resume from")
+        return max(found, key=lambda p: int(p.name.removeprefix(name + "-")) if p.name != name else 1)
+
+    @classmethod
+    def reopen(cls, path: Path, write: bool = True) -> RunDir:
+        """An existing run, set to continue from its last checkpoint; metrics logged after it are dropped
+        (by the process that `write`s: with several, the main one)."""
+        run = cls(path)
+        last = run.last_checkpoint()
+        if last is None:
+            raise LowtuneError(f"--resume {path}: no finished checkpoint in {run.checkpoints}; start a new run")
+        run.resume_from = str(last)
+        step = int(last.name.split("-")[-1])
+        if write and run.metrics.is_file():  # those steps run again
+            kept = [line for line in run.metrics.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+            replace_atomic(run.metrics, "".join(line + "\n" for line in kept))
+        if write:
+            run.summary.unlink(missing_ok=True)
+        return run
 
     def last_checkpoint(self) -> Path | None:
         """The newest checkpoint the trainer finished writing. transformers writes trainer_state.json
@@ -59,41 +115,17 @@ class RunDir:
         done = [p for p in self.checkpoints.glob("checkpoint-*") if finished(p)]
         return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
-    @classmethod
-    def reopen(cls, path: Path, write: bool = True) -> RunDir:
-        """An existing run, set to continue from its last checkpoint; metrics logged after it are dropped
-        (by the process that `write`s: with several, the main one)."""
-        run = cls(path)
-        last = run.last_checkpoint()
-        if last is None:
-            raise LowtuneError(f"--resume {path}: no finished checkpoint in {run.checkpoints}; start a new run")
-        run.resume_from = str(last)
-        step = int(last.name.split("-")[-1])
-        if write and run.metrics.is_file():  # those steps run again
-            kept = [line for line in run.metrics.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
-            _write_atomic(run.metrics, "".join(line + "\n" for line in kept))
-        if write:
-            run.summary.unlink(missing_ok=True)
-        return run
+    def remove_if_unsaved(self) -> bool:
+        """Remove the directory this process created if nothing was saved in it yet (no checkpoint, not even
+        a half-written one, and no adapter, not even a staged one): a run that failed before its first save
+        leaves nothing behind. A reopened or pre-existing directory is never removed. Returns whether it was."""
+        saved = [self.adapter, *self.path.glob(".adapter*"), *self.checkpoints.glob("checkpoint-*")]
+        if not self.created or any(p.exists() for p in saved):
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        return not self.path.exists()
 
-    @classmethod
-    def create(cls, recipe: Recipe) -> RunDir:
-        """Make a fresh directory for `recipe` (name, then name-2, name-3, ...) and snapshot its config."""
-        parent = Path(recipe.output.dir)
-        name = recipe.output.name or recipe.method
-        parent.mkdir(parents=True, exist_ok=True)
-        path, n = parent / name, 1
-        while True:
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                n += 1
-                path = parent / f"{name}-{n}"
-        run = cls(path)
-        run.created = True
-        _write_atomic(path / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        return run
+    # ------------------------------------------------------------ writing
 
     def callback(self) -> TrainerCallback:
         return _MetricsCallback(self)
@@ -104,11 +136,64 @@ class RunDir:
             f.write(json.dumps({"step": record.get("step"), "time": round(time.time(), 3), **record}) + "\n")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        _write_atomic(self.summary, json.dumps(summary, indent=2) + "\n")
+        replace_atomic(self.summary, json.dumps(summary, indent=2) + "\n")
 
-    def write_file(self, name: str, text: str) -> None:
-        """Write a file of the run (e.g. augmented.jsonl) whole or not at all."""
-        _write_atomic(self.path / name, text)
+    def save_adapter(self, trainer) -> None:
+        """The trained PEFT adapter + tokenizer into adapter/, loadable without lowtune, on every process.
+
+        Written beside and renamed into place, so a crash mid-save never leaves a half-written adapter/ (the
+        checkpoints stay as they were). The staging names are fixed, in the run's own directory, so that the
+        next save clears what a crash left there; anything at them or at adapter/ that lowtune did not make is
+        left as it is and the save refused.
+        """
+        staging, previous = self.path / ".adapter.partial", self.path / ".adapter.previous"
+        self._refuse_foreign([staging, previous])
+        if dist.is_main():
+            shutil.rmtree(staging, ignore_errors=True)
+        dist.barrier()
+        trainer.save_model(str(staging))
+        self._refuse_foreign([self.adapter], staged=staging)
+        if dist.is_main() and self.adapter.exists():  # a finished run resumed for more steps: its old adapter goes
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(self.adapter, previous)
+        if dist.is_main():  # trainer.save_model writes on the main process only
+            os.replace(staging, self.adapter)
+            shutil.rmtree(previous, ignore_errors=True)
+        dist.barrier()
+
+    def _refuse_foreign(self, paths: list[Path], staged: Path | None = None) -> None:
+        """Stop, on every process, if one of `paths` holds something lowtune did not make there: the staging
+        names only ever hold plain directories, adapter/ a directory with adapter_config.json (an older save)."""
+        found = None
+        if dist.is_main():
+            for path in paths:
+                ours = path.is_dir() and not path.is_symlink()
+                if path == self.adapter:
+                    ours = ours and (path / "adapter_config.json").is_file()
+                if os.path.lexists(path) and not ours:
+                    found = str(path)
+                    break
+        found = dist.broadcast(found)
+        if found:
+            where = f"the trained adapter is in {staged}" if staged else "the adapter was not saved"
+            raise LowtuneError(
+                f"{found} is not lowtune's (it appeared in the run directory during training); it was left as it "
+                f"is and {where}. Move it away and continue with `lowtune train --resume {self.path}`"
+            )
+
+    # ------------------------------------------------------------ Toolformer's annotated rows
+
+    def read_augmented(self) -> tuple[list[dict], dict] | None:
+        """(rows, statistics) of an earlier augmentation of this run (a resumed run reuses them), or None."""
+        if not self.augmented.is_file():
+            return None
+        rows = [json.loads(line) for line in self.augmented.read_text().splitlines() if line.strip()]
+        return rows, json.loads(self.augmented_stats.read_text())
+
+    def write_augmented(self, rows: list[dict], stats: dict) -> None:
+        """Each file whole or not at all; the statistics first, so rows never exist without them."""
+        replace_atomic(self.augmented_stats, json.dumps(stats, indent=2) + "\n")
+        replace_atomic(self.augmented, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 class _MetricsCallback(TrainerCallback):
@@ -128,3 +213,92 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+# ---------------------------------------------------------------- reading a finished run
+
+
+def find_adapter(run_or_adapter: str | Path) -> Path:
+    """The PEFT adapter directory of a run directory (or the adapter directory itself)."""
+    path = Path(run_or_adapter)
+    for candidate in (path / "adapter", path):
+        if probe((candidate / "adapter_config.json").is_file):
+            return candidate
+    if not probe(path.exists):
+        raise LowtuneError(
+            f"{str(path)!r} does not exist{did_you_mean_path(path)}; it is neither a run directory nor an adapter "
+            "directory (e.g. runs/sft); check the path"
+        )
+    if probe((path / "checkpoints").is_dir):
+        raise LowtuneError(
+            f"{path} has no adapter (no adapter/adapter_config.json): the run did not finish training; "
+            f"continue it with `lowtune train --resume {path}`"
+        )
+    raise LowtuneError(
+        f"{path} has no adapter (no adapter/adapter_config.json or adapter_config.json); give a finished run "
+        "directory (e.g. runs/sft) or its adapter directory"
+    )
+
+
+def is_run_or_adapter(path: str | Path) -> bool:
+    path = Path(path)
+    return any(probe((p / "adapter_config.json").is_file) for p in (path / "adapter", path))
+
+
+def adapter_config(adapter_dir: Path) -> dict:
+    """The adapter's adapter_config.json; a damaged one is a LowtuneError."""
+    path = adapter_dir / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise LowtuneError(f"{path} cannot be read ({first}); the adapter is damaged, train it again") from None
+    if not isinstance(config, dict):
+        raise LowtuneError(f"{path} is not a JSON object; the adapter is damaged, train it again")
+    return config
+
+
+def adapter_task(adapter_dir: Path) -> str | None:
+    """PEFT's task type of an adapter: CAUSAL_LM (a language model) or SEQ_CLS (a reward model)."""
+    return adapter_config(adapter_dir).get("task_type")
+
+
+def read_recipe(adapter_dir: Path) -> Recipe | None:
+    """The recipe of the run that trained `adapter_dir` (None for an adapter outside a run), read as data:
+    each section's fields as the run recorded them (fields lowtune no longer knows are passed over), `train`
+    as a plain dict, not checked against today's TRL config class."""
+    path = adapter_dir.parent / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise LowtuneError(f"{path} cannot be read ({e}); the run's config is damaged") from None
+    if not isinstance(raw, dict):
+        raise LowtuneError(f"{path} is not a mapping of recipe sections; the run's config is damaged")
+    sections = {}
+    for name, cls in typing.get_type_hints(Recipe).items():
+        if dataclasses.is_dataclass(cls) and isinstance(raw.get(name), dict):
+            known = {f.name for f in dataclasses.fields(cls)}
+            sections[name] = cls(**{k: v for k, v in raw[name].items() if k in known})
+    return Recipe(method=raw.get("method", "sft"), train=dict(raw.get("train") or {}), **sections)
+
+
+def read_summary(adapter_dir: Path) -> dict[str, Any]:
+    """The run's summary.json ({} for an adapter outside a run, or a run that has none)."""
+    path = adapter_dir.parent / "summary.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def base_model(adapter_dir: Path) -> str:
+    """The base the adapter was trained on: the run's model.name, else the adapter's base_model_name_or_path."""
+    recipe = read_recipe(adapter_dir)
+    if recipe is not None:
+        return recipe.model.name
+    base = adapter_config(adapter_dir).get("base_model_name_or_path")
+    if not base or not isinstance(base, str):
+        raise LowtuneError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path")
+    return base

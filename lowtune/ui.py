@@ -12,6 +12,7 @@ from rich.table import Table
 from transformers import TrainerCallback
 
 from lowtune import dist
+from lowtune.results import RunSummary
 
 console = Console(highlight=False, quiet=not dist.is_main())  # several processes: the main one speaks
 
@@ -104,3 +105,48 @@ def progress_bar(description: str, total: int):
     task = progress.add_task(description, total=total)
     with progress:
         yield lambda: progress.advance(task)
+
+
+def run_summary(run_path, summary: RunSummary) -> None:
+    """The table that ends `lowtune train`, and what to try next."""
+    fit = summary.fit
+    loss = "-" if fit.final_loss is None else f"{fit.first_loss:.4f} → {fit.final_loss:.4f}"
+    rows = [
+        ("run", str(run_path)),
+        ("model", summary.model),
+        ("device", fit.device),
+        ("steps", str(fit.steps)),
+        ("wall time", f"{fit.wall_time_s:.1f} s ({fit.s_per_step:.2f} s/step)"),
+        ("tokens/s", f"{fit.tokens_per_s:,.0f}"),
+        ("peak memory", f"{fit.peak_memory_mb:,.0f} MiB"),
+        ("loss", loss),
+    ]
+    heldout = summary.heldout
+    if heldout and heldout.before and heldout.after:
+        before, after = heldout.before, heldout.after
+        rows.append((f"{before.task} accuracy (n={before.n})", f"{before.accuracy:.0%} → {after.accuracy:.0%}"))
+        if after.tools:
+            calls = f"{before.replies_with_a_call} → {after.replies_with_a_call} of {after.n}"
+            rows.append((f"replies that called {', '.join(after.tools)}", calls))
+    if summary.augmentation:
+        aug = summary.augmentation
+        rows.append(("Toolformer augmentation", f"{aug['rows_with_calls']} of {aug['rows']} rows got a call"))
+    pairwise = summary.pairwise
+    if pairwise and pairwise.before and pairwise.after:
+        label = f"held-out pairwise accuracy (n={pairwise.after.n})"
+        rows.append((label, f"{pairwise.before.accuracy:.1%} → {pairwise.after.accuracy:.1%}"))
+    if pref := summary.preference:
+        label = f"held-out implicit-reward accuracy (n={pref.n})"
+        rows.append((label, f"{pref.accuracy:.1%}, margin {pref.mean_margin:.3f}"))
+    if summary.skipped_rows:
+        rows.append(("skipped bad rows", f"{len(summary.skipped_rows)} (listed in summary.json)"))
+    summary_table(f"lowtune {summary.method}", rows)
+    adapter = f"{run_path}/adapter"
+    if summary.pairwise is not None:  # a reward model scores, it does not generate
+        try_it = f'lowtune score {run_path} --prompt "..." --reply "..."'
+        say(f"adapter (LoRA + score head) saved to {adapter}; try: {try_it}")
+        return
+    tools = heldout.after.tools if heldout and heldout.after else None
+    example = "Ken buys 16 packs of 986 shells. How many shells is that?" if tools else "What is 23 + 58?"
+    also = f" --tools {','.join(tools)}" if tools else ""
+    say(f'adapter saved to {adapter}; try: lowtune generate {run_path} --prompt "{example}"{also}')

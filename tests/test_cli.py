@@ -173,7 +173,7 @@ def test_a_run_that_fails_before_saving_leaves_no_directory(tmp_path, monkeypatc
     runs = tmp_path / "runs"
     argv = ["train", "sft", "model.name=tiny-random", f"output.dir={runs}", "--quiet"]
 
-    def crash(recipe, run):
+    def crash(recipe, run, *_):
         assert (run.path / "config.yaml").is_file()
         raise RuntimeError("a bug")
 
@@ -182,7 +182,7 @@ def test_a_run_that_fails_before_saving_leaves_no_directory(tmp_path, monkeypatc
         main(argv)
     assert not (runs / "sft").exists()
 
-    def interrupted(recipe, run):
+    def interrupted(recipe, run, *_):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sft, "run", interrupted)
@@ -190,7 +190,7 @@ def test_a_run_that_fails_before_saving_leaves_no_directory(tmp_path, monkeypatc
     assert not (runs / "sft").exists()
     assert RunDir.create(load_recipe(None, [f"output.dir={runs}"])).path == runs / "sft"  # the plain name
 
-    def saved_then_crashed(recipe, run):
+    def saved_then_crashed(recipe, run, *_):
         checkpoint = run.checkpoints / "checkpoint-2"
         checkpoint.mkdir(parents=True)
         (checkpoint / "trainer_state.json").write_text('{"global_step": 2}')

@@ -1,6 +1,10 @@
+import dataclasses
+import subprocess
+import sys
+
 import pytest
 
-from lowtune.config import Recipe, explain, load_recipe
+from lowtune.config import TRAIN_CONFIG_CLASSES, Recipe, explain, load_recipe, train_config_class
 from lowtune.errors import LowtuneError
 from lowtune.recipes import shipped_recipes
 
@@ -84,6 +88,14 @@ def test_unknown_train_key_suggests_the_nearest_with_file_and_line(tmp_path):
         ("augment.tools=[calculater]", "unknown tool calculater — did you mean calculator?"),
         ("augment.samples=0", "augment.samples must be positive"),
         ("eval.task=word_problem", "unknown eval.task word_problem — did you mean word_problems?"),
+        ("model.dtype=bfloat61", "model.dtype is 'bfloat61'; choose one of auto, float32, bfloat16, float16"),
+        ("model.gradient_checkpointing=maybe", "model.gradient_checkpointing is 'maybe'; choose one of auto, true"),
+        ("data.operands=5", "data.operands must be 2..4, got 5"),
+        ("eval.operands=1", "eval.operands must be 2..4, got 1"),
+        ("data.digits=7", "data.digits must be 1..6, got 7"),
+        ("budget.minutes=0", "budget.minutes must be positive"),
+        ("data.heldout=1.5", "data.heldout is a row count or a fraction in [0, 1), got 1.5"),
+        ("eval.tools=[a.b:c, serch]", "unknown tool serch — did you mean search?"),
     ],
 )
 def test_bad_overrides_name_the_field(override, expected):
@@ -145,3 +157,69 @@ def test_logprob_kernel_help_cites_only_measured_figures():
     assert figures and all(f"| {f} |" in results for f in figures), figures
     for gpu in re.findall(r"\b(?:H|A|B|L|T|V)\d{2,3}\b|RTX ?\d{4}", doc):
         assert gpu in results, f"the help names a measurement on {gpu}, which {cited} does not hold"
+
+
+@pytest.mark.parametrize(
+    "override, nearest",
+    [
+        ("model.quantization=nf5", "nf4"),
+        ("model.dtype=bfloat61", "bfloat16"),
+        ("model.device=cudaa", "cuda"),
+        ("model.logprob_kernel=lowtun", "lowtune"),
+        ("data.format=gsm9k", "gsm8k"),
+        ("data.bad_rows=skipp", "skip"),
+        ("train.lr_scheduler_type=cosin", "cosine"),
+    ],
+)
+def test_a_bad_choice_names_the_nearest_valid_one(override, nearest):
+    with pytest.raises(LowtuneError, match=f"; choose one of .* — did you mean {nearest}\\?$"):
+        load_recipe(None, [override])
+
+
+def test_a_bad_choice_in_a_file_names_its_line(tmp_path):
+    path = write(tmp_path, "method: sft\nmodel:\n  name: tiny-random\n  dtype: fp16\n")
+    with pytest.raises(LowtuneError) as e:
+        load_recipe(path)
+    assert str(e.value).startswith(f"{path}:4: model.dtype is 'fp16'; choose one of auto, float32, bfloat16, float16")
+
+
+def test_choices_are_documented_and_accepted_from_one_declaration():
+    """A field's declared choices are the ones its doc lists and the only values the recipe accepts."""
+    checked = 0
+    for section in dataclasses.fields(Recipe):
+        if section.name in ("method", "train"):
+            continue
+        for f in dataclasses.fields(getattr(Recipe(), section.name)):
+            dotted = f"{section.name}.{f.name}"
+            for choice in f.metadata.get("choices", ()):
+                name = str(choice).lower() if isinstance(choice, bool) else str(choice)
+                assert name in f.metadata["doc"], dotted
+                value = name if isinstance(choice, bool) else f"'{name}'"  # quoted: YAML reads `-` as a list
+                loaded = getattr(getattr(load_recipe(None, [f"{dotted}={value}"]), section.name), f.name)
+                assert loaded in (choice, [choice]), dotted
+                checked += 1
+            if "choices" in f.metadata:
+                with pytest.raises(LowtuneError, match=r"choose one of|unknown "):
+                    load_recipe(None, [f"{dotted}=not-a-choice"])
+    assert checked >= 20
+    method_doc = {r[0]: r[2] for r in explain()}["method"]
+    assert all(method in method_doc for method in TRAIN_CONFIG_CLASSES)
+
+
+def test_every_method_has_its_train_config_class():
+    for method in TRAIN_CONFIG_CLASSES:
+        cls = train_config_class(method)
+        assert dataclasses.is_dataclass(cls) and cls.__name__.lower() == f"{method}config"
+        public = "lowtune.rl.config.PPOConfig" if method == "ppo" else f"trl.{cls.__name__}"
+        assert explain(method)[-1] == ("train.*", "", f"any other field of {public}")
+
+
+def test_importing_the_config_does_not_import_trl():
+    code = "import sys, lowtune.config; print('trl' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_field_docs_say_what_a_field_does_not_its_history():
+    docs = [doc for _, _, doc in explain()]
+    assert not any(word in doc for doc in docs for word in ("since removed", "see README", "GiB"))

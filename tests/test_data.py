@@ -208,3 +208,70 @@ def test_arithmetic_prompts_carry_the_answer():
         assert [m["role"] for m in row["prompt"]] == ["user"]
         a, op, b = row["prompt"][0]["content"].removeprefix("What is ").rstrip("?").split()
         assert int(row["answer"]) == {"+": int(a) + int(b)}[op]
+
+
+def test_one_format_table_detects_rows_and_pairs():
+    """One table, two families: a method's family is searched in the table's order, so a preference set with a
+    `messages` column (as UltraFeedback has) is pairs for DPO and conversations for SFT."""
+    transcript = "\n\nHuman: hi\n\nAssistant: hello"
+    assert set(data.FORMATS) == {f for kind in data.KINDS.values() for f in kind}
+    assert data.detect_format({"prompt": "p", "answer": 1}, "w", "prompt") == "prompt_answer"
+    assert data.detect_format({"prompt": "p", "completion": "c"}, "w", "prompt") == "prompt_completion"
+    both = {"prompt": "p", "chosen": "a", "rejected": "b", "messages": []}
+    assert data.detect_format(both, "w") == "messages"
+    assert data.detect_format(both, "w", "preference") == "preference"
+    assert data.detect_format({"chosen": "a", "rejected": "b"}, "w", "preference") == "preference_implicit"
+    assert data.detect_format({"chosen": transcript, "rejected": transcript}, "w", "preference") == "hh_rlhf"
+    with pytest.raises(LowtuneError, match=r"^f:3: cannot tell the data format from columns \['chosen', 'rejected'\]"):
+        data.detect_format({"chosen": "a", "rejected": "b"}, "f:3")
+    with pytest.raises(LowtuneError, match=r"^f:3: cannot tell the preference format from columns \['text'\]"):
+        data.detect_format({"text": "t"}, "f:3", "preference")
+
+
+@pytest.mark.parametrize("package", ["data", "tools", "toolformer"])
+def test_modules_import_public_names_at_the_top_without_cycles(package):
+    """Within lowtune's data, tools and toolformer packages no module imports another's private (`_name`)
+    names, every import of lowtune is at the top of its module or inside a function, and the modules of a
+    package import each other without a cycle."""
+    import ast
+
+    root = Path(data.__file__).parent.parent / package
+    graph = {}
+    for path in sorted(root.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        module = f"lowtune.{package}" + ("" if path.stem == "__init__" else f".{path.stem}")
+        graph[module] = set()
+        seen_code = False
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Assign)):
+                seen_code = True
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lowtune"):
+                assert not seen_code, f"{path.name}:{node.lineno}: an import below code"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lowtune"):
+                assert not [a.name for a in node.names if a.name.startswith("_")], f"{path.name}:{node.lineno}"
+                if node.module.startswith(f"lowtune.{package}."):
+                    graph[module].add(node.module)
+                elif node.module == f"lowtune.{package}":  # a submodule, or a name the package's __init__ defines
+                    graph[module] |= {f"{node.module}.{a.name}" if (root / f"{a.name}.py").exists() else node.module
+                                      for a in node.names}  # fmt: skip
+
+    def visit(module, trail):
+        assert module not in trail, " -> ".join([*trail, module])
+        for dep in graph.get(module, ()):
+            visit(dep, [*trail, module])
+
+    for module in graph:
+        visit(module, [])
+
+
+def test_prompt_rows_whose_prompt_is_a_conversation(tmp_path):
+    """{prompt: [messages], answer}: the conversation is the prompt (no assistant reply needed at its end)."""
+    path = tmp_path / "prompts.jsonl"
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"}]
+    path.write_text(json.dumps({"prompt": conversation, "answer": 5}) + "\n")
+    prompts = data.load(DataConfig(source=str(path)), kind="prompt")
+    assert prompts[0]["prompt"] == conversation and prompts[0]["answer"] == "5"
+    path.write_text(json.dumps({"prompt": [{"role": "user", "content": " "}], "answer": 5}) + "\n")
+    with pytest.raises(LowtuneError, match=r"prompts.jsonl:1: .*field 'prompt\[0\].content' is missing or empty"):
+        data.load(DataConfig(source=str(path)), kind="prompt")

@@ -179,3 +179,32 @@ def test_fsdp_and_zero3_launches_are_detected_as_sharded(monkeypatch):
     assert not dist.sharded()
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
     assert dist.sharded()
+
+
+@pytest.mark.parametrize("method", ["sft", "grpo", "reward", "dpo", "ppo"])
+def test_trl_arguments_exist_before_the_model_loads(method, tmp_path, tiny_path, monkeypatch):
+    """ZeRO-3 (recipes/accelerate/deepspeed-zero3.yaml, zero3_init_flag) partitions the weights at load time only
+    if the DeepSpeed config is registered before `from_pretrained`, and creating the TRL arguments registers it.
+    DeepSpeed cannot be installed on this offline machine, so this checks that order for every method; the
+    partitioning itself has not been run."""
+    from lowtune import models, recipes, training
+    from lowtune.config import load_recipe
+
+    order = []
+    real = training.trl_args
+    monkeypatch.setattr(training, "trl_args", lambda *a: order.append("arguments") or real(*a))
+
+    class Loading(Exception):
+        pass
+
+    def load(*args, **kwargs):
+        order.append("model")
+        raise Loading
+
+    monkeypatch.setattr(models, "load", load)
+    path = recipes.shipped_recipes()[method]
+    recipe = load_recipe(path, ["model.name=tiny-random", f"output.dir={tmp_path}", "output.quiet=true"])
+    with pytest.raises(Loading):
+        recipes.train(recipe)
+    assert order == ["arguments", "model"]
+    assert not any(tmp_path.iterdir())  # and the run that never saved left no directory

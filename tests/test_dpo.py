@@ -55,7 +55,7 @@ def test_reference_is_the_base_with_the_adapter_off_and_the_margin_grows(tmp_pat
 
     gc.collect()
     before = live_tensors()
-    trainer = dpo.make_trainer(recipe, run_dir, base, tokenizer, pairs)
+    trainer = dpo.make_trainer(recipe, recipes.trl_args(recipe, run_dir), base, tokenizer, pairs)
     gc.collect()
     new = {ptr: n for ptr, n in live_tensors().items() if ptr not in before}
 
@@ -124,7 +124,9 @@ def test_loss_matches_a_hand_computation_with_a_trained_adapter(tmp_path, overri
     recipe = dpo_recipe(tmp_path, *overrides)
     base, tokenizer = models.load(recipe.model)
     reference, _ = models.load(recipe.model)
-    trainer = dpo.make_trainer(recipe, RunDir.create(recipe), base, tokenizer, data.load_pairs(recipe.data))
+    trainer = dpo.make_trainer(
+        recipe, recipes.trl_args(recipe, RunDir.create(recipe)), base, tokenizer, data.load_pairs(recipe.data)
+    )
     model = trainer.model
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # as if trained: B (zero at init) gets random values

@@ -36,16 +36,16 @@ def test_run_files_are_rewritten_through_a_unique_fsynced_temporary(tmp_path, mo
 
 def test_a_failed_rewrite_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     run = RunDir(tmp_path)
-    run.write_file("augmented.jsonl", "old\n")
+    run.write_augmented([{"text": "old"}], {"rows": 1})
 
     def disk_full(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", disk_full)
     with pytest.raises(OSError, match="disk full"):
-        run.write_file("augmented.jsonl", "new\n")
-    assert (tmp_path / "augmented.jsonl").read_text() == "old\n"
-    assert names(tmp_path) == ["augmented.jsonl"]
+        run.write_augmented([{"text": "new"}], {"rows": 2})
+    assert run.read_augmented() == ([{"text": "old"}], {"rows": 1})
+    assert names(tmp_path) == ["augmented.jsonl", "augmented_stats.json"]
 
 
 def test_a_new_run_snapshots_its_config_with_the_default_permissions(tmp_path):
@@ -62,7 +62,7 @@ def test_a_new_run_snapshots_its_config_with_the_default_permissions(tmp_path):
 def augment_cli(tmp_path, monkeypatch, tiny_path):
     """`lowtune augment` with the hours of annotation stubbed out; `during(out)` runs in their place."""
     from lowtune.cli import main
-    from lowtune.tools.augment import Augmented, Augmenter
+    from lowtune.toolformer.augment import Augmented, Augmenter
 
     def run(during=lambda out: None):
         out = tmp_path / "out.jsonl"
@@ -95,7 +95,7 @@ def test_augment_writes_its_rows_beside_an_old_temporary_and_leaves_nothing_else
 
 
 def test_write_results_refuses_an_existing_file(tmp_path):
-    from lowtune.tools.augment import Augmented, write_results
+    from lowtune.toolformer.augment import Augmented, write_results
 
     out = tmp_path / "aug.jsonl"
     write_results(out, [Augmented("a", "a")])

@@ -74,7 +74,7 @@ def test_lowtune_kernel_inside_trls_fused_head_gives_trls_loss_and_gradients(tin
     from trl.trainer.utils import add_fused_lm_head
 
     import lowtune.kernels
-    from lowtune.recipes import logprob_kernel
+    from lowtune.kernels.trl import patched
 
     calls = []
     real = lowtune.kernels.token_logprobs
@@ -87,8 +87,7 @@ def test_lowtune_kernel_inside_trls_fused_head_gives_trls_loss_and_gradients(tin
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(tiny_path)
         add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))  # as GRPOTrainer does
-        recipe = grpo_recipe(tmp_path, f"model.logprob_kernel={kernel}")
-        with logprob_kernel(recipe) as used:
+        with patched(kernel) as used:
             out = model(**batch, labels=labels, fused_lm_head=True)
             (out.loss + out.entropy.sum()).backward()
         assert used == kernel
@@ -110,17 +109,18 @@ def test_auto_kernel_is_lowtune_on_cpu_and_trl_is_restored(tmp_path):
     import torch
     import trl.trainer.utils as trl_utils
 
-    from lowtune.recipes import logprob_kernel
+    from lowtune.kernels.trl import patched
+    from lowtune.placement import Placement
 
     original = trl_utils._ChunkedLogProbFunction
-    with logprob_kernel(grpo_recipe(tmp_path)) as used:
+    with patched(Placement.resolve(grpo_recipe(tmp_path).model).logprob_kernel) as used:
         if not torch.cuda.is_available():
             assert used == "lowtune" and trl_utils._ChunkedLogProbFunction is not original
     assert trl_utils._ChunkedLogProbFunction is original
 
 
 def test_resolve_logprob_kernel():
-    from lowtune.recipes import resolve_logprob_kernel
+    from lowtune.placement import resolve_logprob_kernel
 
     assert resolve_logprob_kernel("auto", "cpu") == "lowtune"  # measured ahead there (benchmarks/results)
     assert resolve_logprob_kernel("auto", "cuda") == "trl"  # not measured on a GPU

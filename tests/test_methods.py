@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from lowtune import recipes
+from lowtune.evaluate import heldout_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def test_budget_stops_training_and_periodic_evaluation_draws_a_curve(tiny_recipe
 
 def test_evaluation_with_tools_runs_the_calculator(tiny_recipe, monkeypatch):
     """eval.tools routes held-out answers through tool-augmented generation and counts the calls."""
-    import lowtune.tools.generate as generate
+    import lowtune.toolformer.generate as generate
 
     seen = []
 
@@ -52,8 +53,8 @@ def test_evaluation_with_tools_runs_the_calculator(tiny_recipe, monkeypatch):
 
     recipe = dataclasses.replace(tiny_recipe, eval=dataclasses.replace(tiny_recipe.eval, tools=["calculator"]))
     model, tokenizer = models.load(recipe.model)
-    result = recipes.heldout_accuracy(model, tokenizer, recipe)
-    assert result["accuracy"] == 1.0 and result["replies_with_a_call"] == recipe.eval.n
+    result = heldout_accuracy(model, tokenizer, recipe)
+    assert result.accuracy == 1.0 and result.replies_with_a_call == recipe.eval.n
     assert len(seen) == recipe.eval.n and all(tools == ["Calculator"] for _, tools in seen)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lowtune import models
+from lowtune import models, placement, runs
 from lowtune.config import LoraConfig, ModelConfig
 from lowtune.errors import LowtuneError
 
@@ -88,30 +88,32 @@ def test_nf4_preparation_freezes_the_base_keeps_16_bit_weights_and_checkpoints()
 def test_gradient_checkpointing_auto_is_on_with_cuda_only():
     auto = ModelConfig()
     assert auto.gradient_checkpointing == "auto"
-    assert models.resolve_gradient_checkpointing(auto, torch.device("cuda")) is True
-    assert models.resolve_gradient_checkpointing(auto, torch.device("cpu")) is False
+    assert placement.resolve_gradient_checkpointing(auto, torch.device("cuda")) is True
+    assert placement.resolve_gradient_checkpointing(auto, torch.device("cpu")) is False
     for value in (True, False):
         for device in ("cpu", "cuda"):
             assert (
-                models.resolve_gradient_checkpointing(ModelConfig(gradient_checkpointing=value), torch.device(device))
+                placement.resolve_gradient_checkpointing(
+                    ModelConfig(gradient_checkpointing=value), torch.device(device)
+                )
                 is value
             )
 
 
 def test_auto_policy_on_cpu():
     cfg = ModelConfig()
-    device = models.resolve_device(cfg)
+    device = placement.resolve_device(cfg)
     if device.type == "cpu":
-        assert models.resolve_quantization(cfg, device) == "none"
-        assert models.resolve_dtype(cfg, device) == torch.float32
-    assert models.resolve_quantization(ModelConfig(quantization="nf4"), device) == "nf4"
+        assert placement.resolve_quantization(cfg, device) == "none"
+        assert placement.resolve_dtype(cfg, device) == torch.float32
+    assert placement.resolve_quantization(ModelConfig(quantization="nf4"), device) == "nf4"
 
 
 def test_cuda_requested_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     with pytest.raises(LowtuneError, match="no CUDA device"):
-        models.resolve_device(ModelConfig(device="cuda"))
+        placement.resolve_device(ModelConfig(device="cuda"))
 
 
 @pytest.mark.parametrize(
@@ -265,10 +267,10 @@ def test_damaged_model_and_adapter_files(tmp_path, tiny_path):
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("not json")
     with pytest.raises(LowtuneError, match="adapter_config.json cannot be read"):
-        models.adapter_task(adapter)
+        runs.adapter_task(adapter)
     (adapter / "adapter_config.json").write_text("[]")
     with pytest.raises(LowtuneError, match="adapter_config.json is not a JSON object"):
-        models.adapter_base(adapter)
+        runs.base_model(adapter)
     (adapter / "adapter_model.safetensors").write_bytes(b"garbage")
     with pytest.raises(LowtuneError, match="adapter_model.safetensors is damaged"):
         models.require_safetensors(adapter)

@@ -182,9 +182,9 @@ PPO = [
 def make_trainer(tmp_path, overrides=(), reward_funcs=None, reward_dir=None, model=None):
     """A PPOTrainer as the ppo recipe builds it, with reward functions passed in directly."""
     from lowtune import data, models
-    from lowtune.recipes.ppo import _reward_encoder
     from lowtune.rl import ActorCritic, PPOTrainer
     from lowtune.runs import RunDir
+    from lowtune.scoring import conversation_encoder
 
     recipe = load_recipe(None, [*PPO, f"output.dir={tmp_path}", *overrides])
     torch.manual_seed(0)  # the LoRA init
@@ -197,7 +197,7 @@ def make_trainer(tmp_path, overrides=(), reward_funcs=None, reward_dir=None, mod
     run = RunDir(tmp_path / "run")
     return PPOTrainer(
         model=policy, args=recipes.trl_args(recipe, run), train_dataset=dataset, processing_class=tokenizer,
-        reward_funcs=reward_funcs, reward_encode=_reward_encoder(reward_dir, tokenizer),
+        reward_funcs=reward_funcs, reward_encode=conversation_encoder(reward_dir, tokenizer) if reward_dir else None,
         stop_token_ids=[tokenizer.eos_token_id],
     )  # fmt: skip
 
@@ -366,7 +366,7 @@ def reward_run(tmp_path_factory):
 
 
 def test_reward_adapter_scores_match_plain_peft_and_never_move(tmp_path, reward_run):
-    from lowtune.recipes.reward import RewardModel
+    from lowtune.scoring import RewardModel
 
     trainer = make_trainer(
         tmp_path, ["train.max_steps=8", "train.learning_rate=1e-2"], reward_dir=reward_run / "adapter"

@@ -31,7 +31,7 @@ CHILD = textwrap.dedent(
     """
     import os, signal, sys
     from transformers import TrainerCallback
-    import lowtune.recipes as recipes
+    import lowtune.training as training
     from lowtune.cli import main
 
     class Stop(TrainerCallback):
@@ -39,14 +39,11 @@ CHILD = textwrap.dedent(
             if state.global_step == {step}:
                 os.kill(os.getpid(), signal.{signal})
 
-    fit = recipes.fit
+    fit = training.fit
     def fit_with_stop(trainer, *args):
         trainer.add_callback(Stop())
         return fit(trainer, *args)
-    recipes.fit = fit_with_stop
-    import importlib
-    for module in recipes.METHODS.values():
-        importlib.import_module(module).fit = fit_with_stop
+    training.fit = fit_with_stop
     {prelude}
     sys.exit(main(sys.argv[1:]))
     """

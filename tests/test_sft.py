@@ -76,10 +76,10 @@ def test_existing_run_directory_is_never_overwritten(tiny_recipe):
 
 
 def test_packing_trains(tiny_recipe, monkeypatch):
-    from lowtune.recipes import sft
+    from lowtune import training
 
-    trainers, fit = [], sft.fit
-    monkeypatch.setattr(sft, "fit", lambda trainer, *args: trainers.append(trainer) or fit(trainer, *args))
+    trainers, fit = [], training.fit
+    monkeypatch.setattr(training, "fit", lambda trainer, *args: trainers.append(trainer) or fit(trainer, *args))
     tiny_recipe.train.update(packing=True, max_length=64)
     tiny_recipe.eval.task = None
     _, summary = recipes.train(tiny_recipe)
@@ -134,7 +134,7 @@ def test_bad_data_trains_nothing_and_leaves_no_run_directory(tiny_recipe, tmp_pa
 def _fake_augment_one(self, text):
     """Stands in for the model's annotation (tested on its own in test_toolformer.py): a call before the
     text's last number in every other row."""
-    from lowtune.tools.augment import Augmented
+    from lowtune.toolformer.augment import Augmented
 
     stats = self.stats["Calculator"]
     stats.texts += 1
@@ -147,7 +147,8 @@ def _fake_augment_one(self, text):
 
 
 def test_toolformer_augmentation_then_sft_on_the_annotated_rows(tmp_path, monkeypatch):
-    from lowtune.tools.augment import Augmenter, strip_calls
+    from lowtune.toolformer.augment import Augmenter
+    from lowtune.toolformer.calls import strip_calls
 
     monkeypatch.setattr(Augmenter, "augment_one", _fake_augment_one)
     recipe = load_recipe(None, [
@@ -172,7 +173,7 @@ def test_toolformer_rows_only_with_calls_and_reused_on_resume(tmp_path, monkeypa
     from lowtune import data
     from lowtune.recipes import sft
     from lowtune.runs import RunDir
-    from lowtune.tools.augment import Augmenter
+    from lowtune.toolformer.augment import Augmenter
 
     overrides = ["model.name=tiny-random", "data.source=arithmetic-text", "data.n_train=4", "data.digits=3",
                  "augment.tools=[calculator]", "augment.only_with_calls=true"]  # fmt: skip

@@ -4,17 +4,11 @@ stub model, and the augmentation pipeline end to end on tiny-random."""
 import pytest
 import torch
 
+from lowtune.toolformer.augment import Augmenter
+from lowtune.toolformer.calls import format_call, open_call, parse_calls, strip_calls
+from lowtune.toolformer.filter import call_gain, keep_call, loss_weights
+from lowtune.toolformer.generate import generate_with_tools
 from lowtune.tools import Calculator, Calendar
-from lowtune.tools.augment import (
-    Augmenter,
-    call_gain,
-    format_call,
-    keep_call,
-    loss_weights,
-    parse_calls,
-    strip_calls,
-)
-from lowtune.tools.generate import generate_with_tools
 
 
 def test_parse_calls():
@@ -24,6 +18,9 @@ def test_parse_calls():
     assert text[calls[0].start : calls[0].end] == "[Calculator(400 / 1400) -> 0.29]"
     assert strip_calls(text) == "Out of 1400, 400 (or 29%) passed today."
     assert format_call("Calculator", "2 + 2", "4") == "[Calculator(2 + 2) -> 4]"
+    waiting = open_call("so 12 * 24 is [Calculator( 12 * 24 ) -> ")
+    assert (waiting.tool, waiting.arg, waiting.result) == ("Calculator", "12 * 24", None)
+    assert open_call("[Calculator(1) -> 1] done") is None  # a finished call waits for nothing
 
 
 @pytest.mark.parametrize(
@@ -34,6 +31,7 @@ def test_parse_calls():
 def test_malformed_calls_are_plain_text(text):
     assert parse_calls(text) == []
     assert strip_calls(text) == text
+    assert open_call(text) is None
 
 
 def test_loss_weights_and_keep_rule_by_hand():
@@ -112,7 +110,7 @@ def test_pipeline_end_to_end_on_tiny_random(tiny_path):
 
 def test_agreement_and_gsm8k_positions():
     from lowtune.data.arithmetic_text import gsm8k_text
-    from lowtune.tools.augment import agreement, char_to_token
+    from lowtune.toolformer.augment import agreement, char_to_token
 
     assert agreement(kept=[5, 20], human=[3, 30, 31]) == (1, 1)  # 5 is within 2 of 3; 20 is near nothing
     text, human = gsm8k_text("Q?", "She makes 9 * 2 = $<<9*2=18>>18 a day.\n#### 18")
@@ -158,9 +156,9 @@ def test_augment_and_generate_cli(tmp_path, tiny_path, capsys):
     assert "assistant:" in capsys.readouterr().out
 
 
-def test_calculator_positions_are_number_starts_and_calls_use_what_was_said(tiny_path):
+def test_calculator_positions_are_number_starts(tiny_path):
     from lowtune import models
-    from lowtune.tools.augment import candidate_positions
+    from lowtune.toolformer.augment import candidate_positions
 
     tokenizer = models.load_tokenizer(str(tiny_path))
     text = "Tom bought 26 packs of $530 each, 13,780 in all (1.5x)."
@@ -171,12 +169,6 @@ def test_calculator_positions_are_number_starts_and_calls_use_what_was_said(tiny
     first_chars = sorted(text[starts[i] :].lstrip()[:1] for i in found)
     assert first_chars == ["$", "1", "1", "2"], [text[starts[i] :] for i in sorted(found)]
     assert candidate_positions(Calendar(), text, starts) is None  # no restriction
-    calculator = Calculator()
-    assert calculator("13780") is None and calculator("-5") is None  # a call must compute something
-    assert calculator("26 * 530") == "13780"
-    assert Calculator.usable("26 * 530", "Tom bought 26 packs of 530 shells, which makes")
-    assert not Calculator.usable("13780 / 530", "Tom bought ")  # 13780 is only written later
-    assert Calculator.usable("1,200 / 3", "1200 eggs in 3 boxes")
 
 
 def spread_model(tiny_path):
@@ -209,8 +201,8 @@ def test_gains_and_the_filter_match_a_full_softmax_reference(tiny_path):
     """The pipeline's losses, gains and kept calls against the paper's formulas computed naively, at the
     calculator's tau_f = 0.5: some calls are kept and some dropped, and the best kept call per position wins."""
     from lowtune import models
+    from lowtune.toolformer.augment import candidate_positions
     from lowtune.tools import calculator
-    from lowtune.tools.augment import candidate_positions
 
     model, tokenizer = spread_model(tiny_path), models.load_tokenizer(str(tiny_path))
     text = "Tom buys 12 pens at 3 dollars each and pays 36 dollars."

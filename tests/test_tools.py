@@ -3,6 +3,8 @@ and loaded. Tool arguments are fuzzed (hypothesis): every input ends in a result
 
 import datetime as dt
 import json
+import subprocess
+import sys
 import time
 from fractions import Fraction
 
@@ -11,7 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lowtune.errors import LowtuneError
-from lowtune.tools import Calendar, Search, calculator, load_tool, run_tool
+from lowtune.tools import Calculator, Calendar, Search, calculator, load_tool, run_tool
 
 FUZZ = settings(max_examples=300, deadline=1000)
 
@@ -114,6 +116,26 @@ def _exact(expression: str):
         return walk(ast.parse(expression, mode="eval").body)
     except (ZeroDivisionError, OverflowError):
         return None
+
+
+def test_calculator_tool_calls_compute_and_use_what_was_said():
+    calculator = Calculator()
+    assert calculator("13780") is None and calculator("-5") is None  # a call must compute something
+    assert calculator("26 * 530") == "13780"
+    assert Calculator.usable("26 * 530", "Tom bought 26 packs of 530 shells, which makes")
+    assert not Calculator.usable("13780 / 530", "Tom bought ")  # 13780 is only written later
+    assert Calculator.usable("1,200 / 3", "1200 eggs in 3 boxes")
+
+
+def test_tools_is_a_leaf_package():
+    """lowtune.tools imports nothing of lowtune but its error type (Toolformer builds on it, not the reverse)."""
+    code = (
+        "import json, sys, lowtune; before = set(sys.modules); import lowtune.tools; "
+        "print(json.dumps(sorted(m for m in set(sys.modules) - before if m.startswith('lowtune'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = json.loads(out)
+    assert "lowtune.tools.calculator" in loaded and all(m.startswith("lowtune.tools") for m in loaded), loaded
 
 
 def test_calendar():

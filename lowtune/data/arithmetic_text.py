@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from lowtune.data.readers import is_data_file, read_file
 from lowtune.errors import LowtuneError
 
 NAMES = ["Tom", "Ana", "Li", "Sara", "Omar", "Maya", "Ivan", "Zoe", "Ken", "Lea"]
@@ -121,13 +122,11 @@ def load_texts(source: str, n: int | None = None, seed: int = 0, digits: int = 3
     if source == "arithmetic-text":
         count = n or 200
         return texts(count, digits, seed), [[] for _ in range(count)]
-    from lowtune.data import READERS, _read, _suffix
-
     path = Path(source)
-    if not path.is_file() or _suffix(path) not in READERS:
+    if not path.is_file() or not is_data_file(path):
         raise LowtuneError(f"texts {source}: neither `arithmetic-text` nor a data file (.jsonl, .json, .csv, .parquet)")
     out, human = [], []
-    for where, row in _read(path):  # any data format lowtune reads; a bad row names its file and line
+    for where, row in read_file(path):  # any data format lowtune reads; a bad row names its file and line
         if isinstance(row.get("text"), str):
             out.append(row["text"])
             human.append([])

@@ -21,18 +21,17 @@ they come from the task's held-out problems.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from lowtune.config import DataConfig
-from lowtune.data import _messages, _RowError, arithmetic, read_rows, validate
+from lowtune.data import arithmetic
+from lowtune.data.formats import HH_TURN, KINDS, detect_format
+from lowtune.data.rows import RowError, messages_field, present, read_rows, validate
 from lowtune.errors import LowtuneError
 
-FORMATS = ("preference", "preference_implicit", "hh_rlhf")
 DEFAULT_HELDOUT = (0.1, 500)  # 10% of the rows, at most 500
 ARITHMETIC_HELDOUT = 100
-HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 
 
 @dataclass
@@ -53,11 +52,11 @@ def load_pairs(cfg: DataConfig, system_prompt: str | None = None) -> Pairs:
         rows = list(read_rows(cfg))
         if not rows:
             raise LowtuneError(f"{cfg.source}: no rows to train on")
-        fmt = cfg.format if cfg.format != "auto" else detect_format(rows[0][1], rows[0][0])
-        if fmt not in FORMATS:
+        fmt = cfg.format if cfg.format != "auto" else detect_format(rows[0][1], rows[0][0], "preference")
+        if fmt not in KINDS["preference"]:
             raise LowtuneError(
                 f"{cfg.source}: {fmt} data cannot train a reward model or DPO; it needs pairs in one of "
-                f"{', '.join(FORMATS)} (fields prompt/chosen/rejected, or chosen/rejected)"
+                f"{', '.join(KINDS['preference'])} (fields prompt/chosen/rejected, or chosen/rejected)"
             )
         n_heldout = heldout_size(cfg.heldout, len(rows))
         if n_heldout >= len(rows):
@@ -92,20 +91,6 @@ def heldout_size(heldout: int | float | None, n_rows: int) -> int:
     return heldout
 
 
-def detect_format(row: dict, where: str) -> str:
-    if all(k in row for k in ("prompt", "chosen", "rejected")):
-        return "preference"
-    if "chosen" in row and "rejected" in row:
-        chosen = row["chosen"]
-        if isinstance(chosen, str) and HH_TURN.search(chosen) and "Human:" in chosen:
-            return "hh_rlhf"
-        return "preference_implicit"
-    raise LowtuneError(
-        f"{where}: cannot tell the preference format from columns {sorted(row)}; expected prompt + chosen + "
-        "rejected, or chosen + rejected (or set data.format)"
-    )
-
-
 # ---------------------------------------------------------------- one row -> one record
 
 
@@ -118,41 +103,35 @@ def _record(row: dict, fmt: str) -> dict:
     else:
         prompt, chosen, rejected = _implicit(row)
     if chosen == rejected:
-        raise _RowError("field 'rejected' is identical to 'chosen': a pair must differ")
+        raise RowError("field 'rejected' is identical to 'chosen': a pair must differ")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def _present(row: dict, key: str) -> Any:
-    if key not in row or row[key] is None:
-        raise _RowError(f"field '{key}' is missing")
-    return row[key]
-
-
 def _prompt(row: dict) -> list[dict]:
-    prompt = _present(row, "prompt")
+    prompt = present(row, "prompt")
     if isinstance(prompt, list):
-        return _messages(row, field="prompt", last_assistant=False)
+        return messages_field(row, field="prompt", last_assistant=False)
     if not isinstance(prompt, str) or not prompt.strip():
-        raise _RowError("field 'prompt' must be a non-empty string or a list of messages")
+        raise RowError("field 'prompt' must be a non-empty string or a list of messages")
     return [{"role": "user", "content": prompt}]
 
 
 def _reply(row: dict, key: str) -> list[dict]:
-    value = _present(row, key)
+    value = present(row, key)
     if isinstance(value, str):
         if not value.strip():
-            raise _RowError(f"field '{key}' is an empty reply")
+            raise RowError(f"field '{key}' is an empty reply")
         return [{"role": "assistant", "content": value}]
     if isinstance(value, list):
-        messages = _messages(row, field=key, last_assistant=False)
+        messages = messages_field(row, field=key, last_assistant=False)
         if messages[-1]["role"] != "assistant":
-            raise _RowError(f"field '{key}[{len(messages) - 1}].role': a reply must end with the assistant's turn")
+            raise RowError(f"field '{key}[{len(messages) - 1}].role': a reply must end with the assistant's turn")
         return messages
-    raise _RowError(f"field '{key}' must be a string or a list of messages, got {type(value).__name__}")
+    raise RowError(f"field '{key}' must be a string or a list of messages, got {type(value).__name__}")
 
 
 def _implicit(row: dict) -> tuple[list[dict], list[dict], list[dict]]:
-    chosen, rejected = _present(row, "chosen"), _present(row, "rejected")
+    chosen, rejected = present(row, "chosen"), present(row, "rejected")
     if isinstance(chosen, str) and isinstance(rejected, str):
         shared = 0
         while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
@@ -162,21 +141,21 @@ def _implicit(row: dict) -> tuple[list[dict], list[dict], list[dict]]:
                 shared -= 1
         prompt = chosen[:shared]
         if not prompt.strip():
-            raise _RowError("fields 'chosen' and 'rejected' share no prompt text; give a 'prompt' field")
+            raise RowError("fields 'chosen' and 'rejected' share no prompt text; give a 'prompt' field")
         row = {"prompt": prompt.rstrip(), "chosen": chosen[shared:], "rejected": rejected[shared:]}
         return _prompt(row), _reply(row, "chosen"), _reply(row, "rejected")
     if isinstance(chosen, list) and isinstance(rejected, list):
         chosen, rejected = (
-            _messages(row, "chosen", last_assistant=True),
-            _messages(row, "rejected", last_assistant=True),
+            messages_field(row, "chosen", last_assistant=True),
+            messages_field(row, "rejected", last_assistant=True),
         )
         shared = 0
         while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
             shared += 1
         if shared == 0:
-            raise _RowError("fields 'chosen' and 'rejected' share no turns before the reply; give a 'prompt' field")
+            raise RowError("fields 'chosen' and 'rejected' share no turns before the reply; give a 'prompt' field")
         return chosen[:shared], chosen[shared:], rejected[shared:]
-    raise _RowError("fields 'chosen' and 'rejected' must both be strings or both be lists of messages")
+    raise RowError("fields 'chosen' and 'rejected' must both be strings or both be lists of messages")
 
 
 def _hh(row: dict) -> tuple[list[dict], list[dict], list[dict]]:
@@ -186,7 +165,7 @@ def _hh(row: dict) -> tuple[list[dict], list[dict], list[dict]]:
             (i for i, (a, b) in enumerate(zip(chosen[:-1], rejected[:-1], strict=False)) if a != b),
             min(len(chosen), len(rejected)) - 1,
         )
-        raise _RowError(
+        raise RowError(
             f"field 'rejected': the transcripts do not share a prefix (turn {turn + 1} differs); "
             "only the final Assistant reply may differ"
         )
@@ -194,13 +173,13 @@ def _hh(row: dict) -> tuple[list[dict], list[dict], list[dict]]:
 
 
 def _transcript(row: dict, key: str) -> list[dict]:
-    text = _present(row, key)
+    text = present(row, key)
     if not isinstance(text, str):
-        raise _RowError(f"field '{key}' must be a transcript string, got {type(text).__name__}")
+        raise RowError(f"field '{key}' must be a transcript string, got {type(text).__name__}")
     try:
         return transcript_turns(text)
     except ValueError as e:
-        raise _RowError(f"field '{key}': {e}") from None
+        raise RowError(f"field '{key}': {e}") from None
 
 
 def transcript_turns(text: str) -> list[dict]:

@@ -10,22 +10,14 @@ be a small tmpfs), removed whatever happens.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
-from lowtune import models
+from lowtune import models, runs
 from lowtune.errors import LowtuneError
 from lowtune.export import llamacpp
 
 FORMATS = ("gguf", "gguf-lora")
-
-
-def is_run_or_adapter(source: Path) -> bool:
-    try:
-        return (source / "adapter" / "adapter_config.json").is_file() or (source / "adapter_config.json").is_file()
-    except OSError:  # a name too long for a path is no run; resolve_path says what it is
-        return False
 
 
 def run_name(source: Path) -> str:
@@ -51,12 +43,12 @@ def export(source: str | Path, fmt: str = "gguf", quant: str = "f16", out: str |
         llamacpp.require(f"the {quant} quant type")  # before a merge that would be for nothing
     if not llamacpp.available():
         say(f"verifying with transformers' GGUF loader only; to verify in llama.cpp itself: {llamacpp.INSTALL_HINT}")
-    if not is_run_or_adapter(source):
+    if not runs.is_run_or_adapter(source):
         model_dir = Path(models.resolve_path(str(source), say, runs=True))
         target = Path(out) if out else Path(f"{model_dir.name}-{quant}.gguf")
         return export_gguf(model_dir, target, quant)
     name = run_name(source)
-    target = Path(out) if out else models.find_adapter(source).parent / f"{name}-{quant}.gguf"
+    target = Path(out) if out else runs.find_adapter(source).parent / f"{name}-{quant}.gguf"
     if target.exists():
         raise LowtuneError(f"{target} already exists; remove it or choose another --out")
     if not target.parent.is_dir():
@@ -71,19 +63,17 @@ def export(source: str | Path, fmt: str = "gguf", quant: str = "f16", out: str |
 def _export_lora(source: Path, out, say) -> dict:
     from lowtune.export.gguf_lora import export_gguf_lora
 
-    if not is_run_or_adapter(source):
+    if not runs.is_run_or_adapter(source):
         raise LowtuneError(f"{source} is not a run or adapter directory; --format gguf-lora exports a LoRA adapter")
-    adapter = models.find_adapter(source)
-    task = models.adapter_task(adapter)
+    adapter = runs.find_adapter(source)
+    task = runs.adapter_task(adapter)
     if task not in (None, "CAUSAL_LM"):
         raise LowtuneError(f"{adapter} is a {task} adapter (a reward model); a LoRA GGUF is for language models")
-    recipe = models.run_recipe(adapter)
-    base = recipe.model.name if recipe else models.adapter_base(adapter)
+    base = runs.base_model(adapter)
     base_dir = Path(models.resolve_path(base, say))
     name = run_name(source)
     target = Path(out) if out else adapter.parent / f"{name}-lora.gguf"
-    summary = adapter.parent / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("quantization") == "nf4":
+    if runs.read_summary(adapter).get("quantization") == "nf4":
         say(
             "this run trained on an NF4 base; the LoRA GGUF applies to the original base weights, "
             "which the adapter never saw (merge with --base dequantized for the trained model's exact outputs)"

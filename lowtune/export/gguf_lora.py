@@ -13,7 +13,6 @@ cannot carry them — merge and export the whole model instead.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from lowtune.export.gguf import (
 )
 from lowtune.export.modelfile import chat_format
 from lowtune.files import place, temporary_beside
+from lowtune.runs import adapter_config
 
 
 def export_gguf_lora(adapter_dir: Path, base_dir: Path, out: Path, name: str) -> dict:
@@ -46,7 +46,7 @@ def export_gguf_lora(adapter_dir: Path, base_dir: Path, out: Path, name: str) ->
         raise LowtuneError(f"{out} already exists; remove it or choose another --out")
     if not out.parent.is_dir():
         raise LowtuneError(f"output directory {out.parent} does not exist; create it or choose another --out")
-    settings = json.loads((adapter_dir / "adapter_config.json").read_text())
+    settings = adapter_config(adapter_dir)
     config = read_config(base_dir)
     arch = ARCHITECTURES[config["model_type"]]
     if settings.get("modules_to_save"):

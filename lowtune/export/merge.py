@@ -7,8 +7,13 @@ choices of base weights, `--base`:
   exact). For a QLoRA run it pairs the adapter with weights it never saw: the adapter learned to
   correct dequant(NF4(W)), so the merged model drifts slightly from the trained one.
 - `dequantized`: dequant(NF4(W)), the weights the adapter saw in QLoRA training (NF4, block 64,
-  double quantization, as lowtune's loader quantizes). The merged model computes what the trained
-  model computed, quantization error included.
+  double quantization, as lowtune's loader quantizes), bit for bit: W is quantized in the dtype the
+  run loaded it in (`nf4_dtype`, from summary.json's placement; bfloat16 on CUDA, float32 on CPU by
+  default) and dequantized to that dtype, as bitsandbytes does in training. Quantizing the float32 W
+  instead moves whole NF4 steps wherever bfloat16 rounding crosses a level boundary (tiny-random: 335 of
+  73,728 weights, up to 0.087). tests/test_merge.py checks equality with bitsandbytes' own dequantized
+  training weights on CPU; CUDA's quantize kernel has not been compared. The merged model computes
+  what the trained model computed, quantization error included.
 - `auto` (default): `dequantized` when the run trained on an NF4 base, else `original`.
 
 Verification: on chat-templated probe prompts, next-token distributions of the saved model (reloaded
@@ -32,7 +37,7 @@ from typing import Any
 
 import torch
 
-from lowtune import models
+from lowtune import models, runs
 from lowtune.config import ModelConfig
 from lowtune.errors import LowtuneError
 from lowtune.files import place_directory
@@ -68,9 +73,11 @@ PROBES = [
 ]
 
 
-def dequantize_nf4_(model) -> int:
+def dequantize_nf4_(model, dtype: torch.dtype = torch.float32) -> int:
     """Replace each decoder linear weight by dequant(NF4(W)) in place; returns how many.
 
+    `dtype`: the dtype training loaded the base in. bitsandbytes quantizes W after it is cast to it and
+    dequantizes to it; the result is then held in the weight's own dtype (exact when that is float32).
     The output embedding stays as is, as transformers' bitsandbytes integration leaves it unquantized.
     """
     import bitsandbytes.functional as bnbf
@@ -80,10 +87,31 @@ def dequantize_nf4_(model) -> int:
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module is not head:
             w = module.weight.data
-            q, state = bnbf.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+            q, state = bnbf.quantize_4bit(w.to(dtype), blocksize=64, compress_statistics=True, quant_type="nf4")
             module.weight.data = bnbf.dequantize_4bit(q, state).to(w.dtype)
             count += 1
     return count
+
+
+def trained_placement(summary: dict) -> dict:
+    """Where and how the run trained: summary.json's `placement` (device, dtype, quantization); a summary
+    written before lowtune recorded one keeps device and quantization at its top level."""
+    placement = summary.get("placement")
+    return placement if isinstance(placement, dict) else summary
+
+
+def trained_dtype(recipe, placement: dict) -> torch.dtype:
+    """The dtype the run loaded (and so NF4-quantized) its base in: summary.json's placement records it; for
+    a run from before it did, the recipe's model.dtype, `auto` resolved by the device the run trained on as
+    lowtune.placement resolves it: float32 on CPU, bfloat16 on CUDA (float16 on a GPU without bfloat16 is not
+    told apart). Without a recipe: bfloat16, the usual QLoRA load dtype."""
+    if placement.get("dtype") in ("float32", "bfloat16", "float16"):
+        return getattr(torch, placement["dtype"])
+    if recipe is None:
+        return torch.bfloat16
+    if recipe.model.dtype != "auto":
+        return getattr(torch, recipe.model.dtype)
+    return torch.float32 if (placement.get("device") or recipe.model.device) == "cpu" else torch.bfloat16
 
 
 @torch.no_grad()
@@ -124,23 +152,23 @@ def merge(
         raise LowtuneError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     if base not in ("auto", "original", "dequantized"):
         raise LowtuneError(f"--base {base}: choose auto, original or dequantized")
-    adapter = models.find_adapter(run_or_adapter)
+    adapter = runs.find_adapter(run_or_adapter)
     out = Path(out)
     if os.path.lexists(out):
         raise LowtuneError(f"{out} already exists; choose another --out or remove it")
 
-    task = models.adapter_task(adapter)
+    task = runs.adapter_task(adapter)
     if task not in (None, "CAUSAL_LM"):
         raise LowtuneError(
             f"{adapter} is a {task} adapter (a reward model); merge and export take language-model adapters. "
             "Use it as it is: RewardModel.load / `lowtune score`, or PeftModel on AutoModelForSequenceClassification"
         )
-    recipe = models.run_recipe(adapter)
-    base_name = recipe.model.name if recipe else models.adapter_base(adapter)
-    summary = adapter.parent / "summary.json"
-    trained_on = json.loads(summary.read_text()).get("quantization") if summary.is_file() else None
+    recipe = runs.read_recipe(adapter)
+    base_name = runs.base_model(adapter)
+    placement = trained_placement(runs.read_summary(adapter))
     if base == "auto":
-        base = "dequantized" if trained_on == "nf4" else "original"
+        base = "dequantized" if placement.get("quantization") == "nf4" else "original"
+    nf4_dtype = trained_dtype(recipe, placement) if base == "dequantized" else None
 
     cfg = ModelConfig(
         name=base_name,
@@ -152,8 +180,8 @@ def merge(
     model, tokenizer = models.load(cfg)
     if (adapter / "tokenizer_config.json").is_file():
         tokenizer = models.load_tokenizer(str(adapter), cfg.trust_remote_code)
-    if base == "dequantized":
-        dequantize_nf4_(model)
+    if nf4_dtype is not None:
+        dequantize_nf4_(model, nf4_dtype)
     models.require_safetensors(adapter)
     peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
     prompts = probes or PROBES
@@ -179,6 +207,7 @@ def merge(
             "adapter": str(adapter),
             "base_model": base_name,
             "base_weights": base,
+            "nf4_dtype": None if nf4_dtype is None else str(nf4_dtype).removeprefix("torch."),
             "dtype": dtype,
             "probes": prompts,
             **measured,

@@ -26,7 +26,6 @@ logits are large (a nearly one-hot distribution, where `1 - p_y` is all the grad
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.util
 import os
 
@@ -139,7 +138,9 @@ def triton_available() -> bool:
 
 def _triton():
     # Imported on first use: importing Triton is slow, and TRITON_INTERPRET must be set before it is.
-    return importlib.import_module(".logprobs_triton", __package__)
+    from lowtune.kernels import logprobs_triton
+
+    return logprobs_triton
 
 
 class TokenLogprobs(torch.autograd.Function):

@@ -17,58 +17,46 @@ of the chosen reply above the rejected one's), and greedy accuracy on the held-o
 
 from __future__ import annotations
 
-from typing import Any
-
-from lowtune import data, models, ui
+from lowtune import data, models, training, ui
 from lowtune.config import Recipe
 from lowtune.errors import LowtuneError
-from lowtune.recipes import fit, heldout_accuracy, trl_args
+from lowtune.evaluate import heldout_accuracy
+from lowtune.placement import Placement
+from lowtune.results import BeforeAfter, ImplicitRewardAccuracy, RunSummary
 from lowtune.runs import RunDir
 
 # TRL's lr 1e-6 is sized for full fine-tuning; a LoRA adapter starting at zero takes larger steps.
 TRAIN_DEFAULTS = dict(learning_rate=5e-5, beta=0.1, max_length=512, per_device_eval_batch_size=16)
 
 
-def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
+def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSummary:
     if recipe.model.logprob_kernel == "lowtune":
         raise LowtuneError(
             "model.logprob_kernel=lowtune: DPO's metrics need mean logits and top-1 flags, which lowtune's "
             "kernel does not compute; DPO uses TRL's chunked log-probs (set auto or trl)"
         )
-    base, tokenizer = models.load(recipe.model, say=ui.say)
-    base = models.prepare_quantized(base, recipe.model)
+    base, tokenizer = models.load(recipe.model, say=ui.say, placement=placement)
+    base = models.prepare_quantized(base, placement.gradient_checkpointing)
     pairs = data.load_pairs(recipe.data, recipe.system_prompt())
     ui.say(f"{len(pairs.train)} training pairs, {len(pairs.heldout or [])} held-out pairs ({pairs.format})")
 
     before = heldout_accuracy(base, tokenizer, recipe, before=True)
-    trainer = make_trainer(recipe, run_dir, base, tokenizer, pairs)
-    args = trainer.args
-    summary = fit(trainer, run_dir, recipe, lambda: heldout_accuracy(trainer.model, tokenizer, recipe))
+    trainer = make_trainer(recipe, args, base, tokenizer, pairs)
+    fit = training.fit(trainer, run_dir, recipe, placement, lambda: heldout_accuracy(trainer.model, tokenizer, recipe))
     preference = implicit_reward_accuracy(trainer) if pairs.heldout is not None else None
 
     after = heldout_accuracy(trainer.model, tokenizer, recipe)
-    return {
-        "method": "dpo",
-        "model": recipe.model.name,
-        "rows": len(pairs.train),
-        "data_format": pairs.format,
-        "skipped_rows": pairs.skipped,
-        "loss_type": list(args.loss_type),
-        "beta": args.beta,
-        "logprob_kernel": "trl",
-        **summary,
-        "preference_after": preference,
-        "eval_before": before,
-        "eval_after": after,
-    }
+    details = {"data_format": pairs.format, "loss_type": list(args.loss_type), "beta": args.beta,
+               "logprob_kernel": "trl"}  # fmt: skip
+    return RunSummary("dpo", recipe.model.name, len(pairs.train), fit, details, heldout=BeforeAfter(before, after),
+                      preference=preference, has_preference=True, skipped_rows=pairs.skipped)  # fmt: skip
 
 
-def make_trainer(recipe: Recipe, run_dir: RunDir, base, tokenizer, pairs: data.Pairs):
+def make_trainer(recipe: Recipe, args, base, tokenizer, pairs: data.Pairs):
     """TRL's DPOTrainer on the bare base + a LoRA config: TRL wraps the base once and takes the
     reference by switching the adapter off (no `ref` adapter copy, no second model)."""
     from trl import DPOTrainer
 
-    args = trl_args(recipe, run_dir)
     if pairs.heldout is not None:
         # TRL reports eval metrics as the mean of per-batch means: equal batches make it the exact mean.
         n, size = len(pairs.heldout), args.per_device_eval_batch_size
@@ -83,13 +71,13 @@ def make_trainer(recipe: Recipe, run_dir: RunDir, base, tokenizer, pairs: data.P
     )
 
 
-def implicit_reward_accuracy(trainer) -> dict[str, Any]:
+def implicit_reward_accuracy(trainer) -> ImplicitRewardAccuracy:
     """Held-out pairs where beta * log(pi/ref) of the chosen reply beats the rejected one's (TRL's eval metrics)."""
     metrics = trainer.evaluate()
-    return {
-        "n": len(trainer.eval_dataset),
-        "accuracy": metrics["eval_rewards/accuracies"],
-        "mean_margin": metrics["eval_rewards/margins"],
-        "chosen_reward": metrics["eval_rewards/chosen"],
-        "rejected_reward": metrics["eval_rewards/rejected"],
-    }
+    return ImplicitRewardAccuracy(
+        n=len(trainer.eval_dataset),
+        accuracy=metrics["eval_rewards/accuracies"],
+        mean_margin=metrics["eval_rewards/margins"],
+        chosen_reward=metrics["eval_rewards/chosen"],
+        rejected_reward=metrics["eval_rewards/rejected"],
+    )

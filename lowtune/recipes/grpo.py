@@ -9,15 +9,16 @@ that beat their group's mean (DeepSeekMath, Shao et al. 2024). TRL's loss varian
 
 from __future__ import annotations
 
-from typing import Any
-
-from lowtune import data, models, rewards, ui
+from lowtune import data, models, rewards, training, ui
 from lowtune.config import Recipe
 from lowtune.errors import LowtuneError
-from lowtune.recipes import fit, heldout_accuracy, logprob_kernel, trl_args
+from lowtune.evaluate import heldout_accuracy
+from lowtune.kernels.trl import patched
+from lowtune.placement import Placement
+from lowtune.results import BeforeAfter, RunSummary
 from lowtune.runs import RunDir
 
-# Defaults measured to learn on the builtin model in minutes (README, benchmarks/grpo_arithmetic.py).
+# Defaults measured to learn on the builtin model in minutes (benchmarks/grpo_arithmetic.py).
 # TRL's lr 1e-6 and 512-token budget are sized for full fine-tuning of large models: LoRA takes a
 # larger step, and short completions keep a CPU step in seconds.
 TRAIN_DEFAULTS = dict(
@@ -32,49 +33,29 @@ TRAIN_DEFAULTS = dict(
 
 
 def reward_functions(recipe: Recipe, max_completion_length: int) -> tuple[list, list[float]]:
-    """The rule reward functions with non-zero weight, and their weights (both empty when every weight is 0)."""
+    """The recipe's rule rewards with non-zero weight, and their weights (`rewards.*`)."""
     cfg = recipe.rewards
-    length_max = cfg.length_max or max_completion_length
-
-    def length_reward(completions, answer, completion_ids=None, **kwargs):
-        return rewards.length_reward(completions, answer, completion_ids, max_length=length_max)
-
-    chosen = [
-        (rewards.accuracy_reward, cfg.accuracy),
-        (rewards.format_reward, cfg.format),
-        (length_reward, cfg.length),
-    ]
-    chosen = [(f, w) for f, w in chosen if w != 0]
-    return [f for f, _ in chosen], [w for _, w in chosen]
+    return rewards.weighted_rewards(cfg.accuracy, cfg.format, cfg.length, cfg.length_max or max_completion_length)
 
 
-def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
+def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSummary:
     from trl import GRPOTrainer
 
-    model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say)
+    model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say, placement=placement)
     dataset = data.load(recipe.data, kind="prompt", system_prompt=recipe.system_prompt())
     ui.say(f"{len(dataset)} prompts from {recipe.data.source}")
 
     with model.disable_adapter():
         before = heldout_accuracy(model, tokenizer, recipe, before=True)
 
-    args = trl_args(recipe, run_dir)
     funcs, weights = reward_functions(recipe, args.max_completion_length)
     if not funcs:
         raise LowtuneError("rewards: every weight is 0; give accuracy, format or length a weight")
     args.reward_weights = weights
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
-    with logprob_kernel(recipe) as kernel:
-        summary = fit(trainer, run_dir, recipe, lambda: heldout_accuracy(model, tokenizer, recipe))
+    with patched(placement.logprob_kernel) as kernel:
+        fit = training.fit(trainer, run_dir, recipe, placement, lambda: heldout_accuracy(model, tokenizer, recipe))
 
     after = heldout_accuracy(model, tokenizer, recipe)
-    return {
-        "method": "grpo",
-        "model": recipe.model.name,
-        "rows": len(dataset),
-        "logprob_kernel": kernel,
-        "rewards": dict(zip([f.__name__ for f in funcs], weights, strict=True)),
-        **summary,
-        "eval_before": before,
-        "eval_after": after,
-    }
+    details = {"logprob_kernel": kernel, "rewards": dict(zip([f.__name__ for f in funcs], weights, strict=True))}
+    return RunSummary("grpo", recipe.model.name, len(dataset), fit, details, heldout=BeforeAfter(before, after))

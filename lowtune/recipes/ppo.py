@@ -9,13 +9,12 @@ policy (merge, export and generate take it as any other run's); adapter/value/ h
 
 from __future__ import annotations
 
-from typing import Any
-
-from lowtune import data, dist, models, ui
+from lowtune import data, dist, models, rewards, runs, training, ui
 from lowtune.config import Recipe
 from lowtune.errors import LowtuneError
-from lowtune.recipes import fit, heldout_accuracy, trl_args
-from lowtune.recipes.grpo import reward_functions
+from lowtune.evaluate import heldout_accuracy
+from lowtune.placement import Placement
+from lowtune.results import BeforeAfter, RunSummary
 from lowtune.runs import RunDir
 
 # Sized for the builtin model on a CPU (benchmarks/ppo.py -> results/ppo_arithmetic.json): 16 responses per
@@ -30,12 +29,13 @@ TRAIN_DEFAULTS = dict(
 )
 
 
-def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
+def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSummary:
     from lowtune.rl import ActorCritic, PPOTrainer
+    from lowtune.scoring import conversation_encoder
 
     dist.refuse("PPO (lowtune train ppo)")
     reward_dir = _reward_adapter(recipe)
-    model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say)
+    model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say, placement=placement)
     dataset = data.load(recipe.data, kind="prompt", system_prompt=recipe.system_prompt())
     ui.say(f"{len(dataset)} prompts from {recipe.data.source}")
     policy = ActorCritic.build(model, reward_dir)
@@ -43,8 +43,9 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     with model.disable_adapter():
         before = heldout_accuracy(model, tokenizer, recipe, before=True)
 
-    args = trl_args(recipe, run_dir)
-    funcs, weights = reward_functions(recipe, args.max_new_tokens)
+    cfg = recipe.rewards
+    length_max = cfg.length_max or args.max_new_tokens
+    funcs, weights = rewards.weighted_rewards(cfg.accuracy, cfg.format, cfg.length, length_max)
     if not funcs and reward_dir is None:
         raise LowtuneError(
             "rewards: PPO needs a score: set rewards.model to a reward run, or give a rule reward a weight"
@@ -56,23 +57,19 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
             "and the loss's must come from the same policy"
         )
     stop = sorted({tokenizer.convert_tokens_to_ids(models.end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
+    encode = conversation_encoder(reward_dir, tokenizer) if reward_dir else None
     trainer = PPOTrainer(
         model=policy, args=args, train_dataset=dataset, processing_class=tokenizer, reward_funcs=funcs,
-        reward_weights=weights, reward_encode=_reward_encoder(reward_dir, tokenizer), stop_token_ids=stop,
+        reward_weights=weights, reward_encode=encode, stop_token_ids=stop,
     )  # fmt: skip
-    summary = fit(trainer, run_dir, recipe, lambda: policy_accuracy(policy, tokenizer, recipe))
+    fit = training.fit(trainer, run_dir, recipe, placement, lambda: policy_accuracy(policy, tokenizer, recipe))
     after = policy_accuracy(policy, tokenizer, recipe)
-    return {
-        "method": "ppo",
-        "model": recipe.model.name,
-        "rows": len(dataset),
+    details = {
         "reward_model": str(reward_dir) if reward_dir else None,
         "rewards": dict(zip([f.__name__ for f in funcs], weights, strict=True)),
         "rollout_size": args.rollout_size,
-        **summary,
-        "eval_before": before,
-        "eval_after": after,
     }
+    return RunSummary("ppo", recipe.model.name, len(dataset), fit, details, heldout=BeforeAfter(before, after))
 
 
 def policy_accuracy(policy, tokenizer, recipe: Recipe):
@@ -87,9 +84,8 @@ def _reward_adapter(recipe: Recipe):
     """The reward adapter directory named by `rewards.model`, checked to share the policy's base."""
     if recipe.rewards.model is None:
         return None
-    adapter = models.find_adapter(recipe.rewards.model)
-    reward_recipe = models.run_recipe(adapter)
-    base = reward_recipe.model.name if reward_recipe else models.adapter_base(adapter)
+    adapter = runs.find_adapter(recipe.rewards.model)
+    base = runs.base_model(adapter)
     same = base == recipe.model.name or (
         recipe.model.name not in models.builtin.BUILTINS and base == models.resolve_path(recipe.model.name)
     )
@@ -99,26 +95,6 @@ def _reward_adapter(recipe: Recipe):
             "PPO keeps every adapter on one base, so train the reward model on the policy's base"
         )
     return adapter
-
-
-def _reward_encoder(reward_dir, tokenizer):
-    """conversation -> token ids as the reward model read them in training (its system prompt, its max_length)."""
-    if reward_dir is None:
-        return None
-    from lowtune.recipes.reward import TRAIN_DEFAULTS as REWARD_DEFAULTS
-    from lowtune.recipes.reward import encode
-
-    reward_recipe = models.run_recipe(reward_dir)
-    system = reward_recipe.system_prompt() if reward_recipe else None
-    max_length = reward_recipe.train.get("max_length", REWARD_DEFAULTS["max_length"]) if reward_recipe else None
-
-    def encode_conversation(conversation: list[dict]) -> list[int]:
-        messages = [m for m in conversation if m["role"] != "system"]
-        if system:
-            messages = [{"role": "system", "content": system}, *messages]
-        return encode(tokenizer, messages, max_length)[0]
-
-    return encode_conversation
 
 
 def _require_columns(funcs, dataset) -> None:

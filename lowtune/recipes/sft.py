@@ -6,30 +6,30 @@ Set `train.packing=true` to pack short rows into `train.max_length` blocks.
 
 With `augment.tools`, Toolformer (Schick et al. 2023) comes first: the base model (adapter off)
 annotates every reply or text with the tool calls that make what follows easier to predict
-(`lowtune.tools.augment`), and SFT trains on the annotated rows, so the model learns when and how to
+(`lowtune.toolformer`), and SFT trains on the annotated rows, so the model learns when and how to
 call the tools. The annotated rows go to the run's augmented.jsonl, which `--resume` reuses.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from typing import Any
 
-from lowtune import data, dist, models, ui
+from lowtune import data, dist, models, training, ui
 from lowtune.config import Recipe
 from lowtune.errors import LowtuneError
-from lowtune.recipes import fit, heldout_accuracy, trl_args
+from lowtune.evaluate import heldout_accuracy
+from lowtune.placement import Placement
+from lowtune.results import BeforeAfter, RunSummary
 from lowtune.runs import RunDir
 
 TRAIN_DEFAULTS = dict(learning_rate=2e-4, max_length=1024)
 
 
-def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
+def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSummary:
     from trl import SFTTrainer
 
-    model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say)
+    model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say, placement=placement)
     dataset = data.load(recipe.data, kind="sft", system_prompt=recipe.system_prompt())
     ui.say(f"{len(dataset)} training rows from {recipe.data.source}")
     augmented = None
@@ -39,20 +39,12 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict[str, Any]:
     with model.disable_adapter():
         before = heldout_accuracy(model, tokenizer, recipe, before=True)
 
-    args = trl_args(recipe, run_dir)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    summary = fit(trainer, run_dir, recipe, lambda: heldout_accuracy(model, tokenizer, recipe))
+    fit = training.fit(trainer, run_dir, recipe, placement, lambda: heldout_accuracy(model, tokenizer, recipe))
 
     after = heldout_accuracy(model, tokenizer, recipe)
-    return {
-        "method": "sft",
-        "model": recipe.model.name,
-        "rows": len(dataset),
-        **({"augmentation": augmented} if augmented else {}),
-        **summary,
-        "eval_before": before,
-        "eval_after": after,
-    }
+    return RunSummary("sft", recipe.model.name, len(dataset), fit, heldout=BeforeAfter(before, after),
+                      augmentation=augmented)  # fmt: skip
 
 
 def _reply(record: dict) -> str:
@@ -77,17 +69,16 @@ def toolformer(model, tokenizer, recipe: Recipe, run_dir: RunDir, dataset):
     process (`lowtune augment` and PPO refuse several); a resumed run reads run_dir/augmented.jsonl."""
     from datasets import Dataset
 
+    from lowtune.toolformer.augment import STATS_COLUMNS, Augmenter
     from lowtune.tools import load_tool
-    from lowtune.tools.augment import STATS_COLUMNS, Augmenter
 
     dist.refuse("Toolformer augmentation (augment.tools)")
     cfg = recipe.augment
-    path = run_dir.path / "augmented.jsonl"
     records = list(dataset)
-    if path.is_file():  # --resume: the rows this run already trained on
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        ui.say(f"Toolformer: the annotated rows of {path}")
-        stats = json.loads((run_dir.path / "augmented_stats.json").read_text())
+    earlier = run_dir.read_augmented()
+    if earlier is not None:  # --resume: the rows this run already trained on
+        rows, stats = earlier
+        ui.say(f"Toolformer: the annotated rows of {run_dir.augmented}")
     else:
         settings = {"tau_s": cfg.tau_s, "tau_f": cfg.tau_f, "top_k": cfg.top_k, "samples": cfg.samples}
         augmenter = Augmenter(model, tokenizer, [load_tool(t) for t in cfg.tools], settings,
@@ -101,8 +92,7 @@ def toolformer(model, tokenizer, recipe: Recipe, run_dir: RunDir, dataset):
                  "tools": {name: vars(s) for name, s in augmenter.stats.items()},
                  "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
         ui.table("Toolformer augmentation", STATS_COLUMNS, augmenter.stats_rows())
-        run_dir.write_file("augmented_stats.json", json.dumps(stats, indent=2) + "\n")
-        run_dir.write_file(path.name, "".join(json.dumps(r) + "\n" for r in rows))
+        run_dir.write_augmented(rows, stats)
     keep = [i for i, r in enumerate(rows) if r["calls"] or not cfg.only_with_calls]
     if not keep:
         raise LowtuneError(

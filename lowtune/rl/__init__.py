@@ -14,7 +14,11 @@ def __getattr__(name):
         from lowtune.rl.model import ActorCritic
 
         return ActorCritic
-    if name in ("PPOConfig", "PPOTrainer"):
+    if name == "PPOConfig":
+        from lowtune.rl.config import PPOConfig
+
+        return PPOConfig
+    if name == "PPOTrainer":
         from lowtune.rl import ppo
 
         return getattr(ppo, name)

@@ -145,7 +145,8 @@ def _read_reward_adapter(reward_dir: Path):
     from peft import LoraConfig
     from safetensors.torch import load_file
 
-    from lowtune.models import adapter_task, require_safetensors
+    from lowtune.models import require_safetensors
+    from lowtune.runs import adapter_task
 
     if adapter_task(reward_dir) != "SEQ_CLS":
         raise LowtuneError(

@@ -9,20 +9,20 @@ a call can stand after the text `before` (the calculator's: every number in it i
 `run_tool` is how lowtune calls one: with a time limit, and an exception or a non-string result counts
 as a failed call (None), so a misbehaving tool never stops a pipeline.
 
-Builtin: `calculator`, `calendar`, `search` (BM25 over a local corpus). A user tool is named by its
-import path, `package.module:attribute` (a tool object, or a class or function that makes one).
-This package imports nothing else of lowtune but its error type.
+Builtin, one module each: `calculator`, `calendar`, `search` (BM25 over a local corpus). A user tool
+is named by its import path, `package.module:attribute` (a tool object, or a class or function that
+makes one). This package imports nothing else of lowtune but its error type; Toolformer's augmentation
+and tool-augmented generation, which use these tools, are in `lowtune.toolformer`.
 """
 
 from __future__ import annotations
 
 import importlib
-import re
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from lowtune.errors import LowtuneError, did_you_mean
-from lowtune.tools.calculator import calculator
+from lowtune.tools.calculator import Calculator, calculator
 from lowtune.tools.calendar import Calendar
 from lowtune.tools.search import Search
 
@@ -30,39 +30,6 @@ __all__ = ["BUILTIN", "Calculator", "Calendar", "Search", "calculator", "load_to
 
 TIME_LIMIT_S = 2.0
 MAX_RESULT = 500  # characters of a result kept
-
-
-_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
-_OPERATION = re.compile(r"[\d.)]\s*[-+*/×÷]\s*[-(\d.]")
-
-
-class Calculator:
-    name = "Calculator"
-    description = "Computes + - * / on numbers, e.g. Calculator(400 / 1400) -> 0.29."
-    examples = [
-        ("Out of 1400 participants, 400 (or 29%) passed the test.",
-         "Out of 1400 participants, 400 (or [Calculator(400 / 1400) -> 0.29] 29%) passed the test."),
-        ("The shop sold 12 boxes of 24 eggs, 288 eggs in all.",
-         "The shop sold 12 boxes of 24 eggs, [Calculator(12 * 24) -> 288] 288 eggs in all."),
-        ("Jo had 350 marbles and lost 125, so 225 marbles were left.",
-         "Jo had 350 marbles and lost 125, so [Calculator(350 - 125) -> 225] 225 marbles were left."),
-        ("The bus drove 412 km in the morning and 239 km after lunch, 651 km that day.",
-         "The bus drove 412 km in the morning and 239 km after lunch, [Calculator(412 + 239) -> 651] 651 km that day."),
-    ]  # fmt: skip
-    precedes = r"[$€£]?-?\d"  # a result only helps predict a number: positions elsewhere are not sampled
-
-    def __call__(self, arg: str) -> str | None:
-        # A call must compute something: "[Calculator(13780) -> 13780]" only copies a number the annotating
-        # model read further on in the text, and teaches nothing a model could repeat without that text.
-        return calculator(arg) if _OPERATION.search(arg) else None
-
-    @staticmethod
-    def usable(arg: str, before: str) -> bool:
-        """Toolformer augmentation: a call can stand where every number in it has already been written."""
-        said = {n.replace(",", "") for n in _NUMBER.findall(before)}
-        return all(n.replace(",", "") in said for n in _NUMBER.findall(arg))
-
-
 BUILTIN = {"calculator": Calculator, "calendar": Calendar, "search": Search}
 
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lowtune-tool")

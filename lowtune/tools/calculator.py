@@ -1,5 +1,9 @@
 """The calculator tool: arithmetic on a whitelisted syntax tree, never `eval`.
 
+`Calculator` is the tool (its name, description and few-shot examples, and what steers Toolformer's
+augmentation: a result precedes a number, and a call uses only numbers already written); a call must
+compute something. `calculator` is the arithmetic itself:
+
 `calculator("400 / 1400")` -> "0.29". Understands + - * / (also × ÷ −), parentheses, unary minus,
 decimals and thousands separators ("1,234.5"). The value is computed exactly (fractions) and rounded
 half-up to 2 decimals, trailing zeros dropped. Anything else — names, attributes, calls, powers,
@@ -22,13 +26,43 @@ MAX_MAGNITUDE = Fraction(10) ** 15  # any intermediate or final value
 _SYMBOLS = str.maketrans({"×": "*", "÷": "/", "−": "-", "–": "-"})
 _THOUSANDS = re.compile(r"(?<![\d.])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,])")
 _ALLOWED = re.compile(r"[\d\s+\-*/().]*")
-_NUMBER = re.compile(r"[\d.]+")
+_DIGITS = re.compile(r"[\d.]+")
+# for Calculator: a number as written in text, and an operation between two operands
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+_OPERATION = re.compile(r"[\d.)]\s*[-+*/×÷]\s*[-(\d.]")
 _OPERATORS = {
     ast.Add: lambda a, b: a + b,
     ast.Sub: lambda a, b: a - b,
     ast.Mult: lambda a, b: a * b,
     ast.Div: lambda a, b: a / b,
 }
+
+
+class Calculator:
+    name = "Calculator"
+    description = "Computes + - * / on numbers, e.g. Calculator(400 / 1400) -> 0.29."
+    examples = [
+        ("Out of 1400 participants, 400 (or 29%) passed the test.",
+         "Out of 1400 participants, 400 (or [Calculator(400 / 1400) -> 0.29] 29%) passed the test."),
+        ("The shop sold 12 boxes of 24 eggs, 288 eggs in all.",
+         "The shop sold 12 boxes of 24 eggs, [Calculator(12 * 24) -> 288] 288 eggs in all."),
+        ("Jo had 350 marbles and lost 125, so 225 marbles were left.",
+         "Jo had 350 marbles and lost 125, so [Calculator(350 - 125) -> 225] 225 marbles were left."),
+        ("The bus drove 412 km in the morning and 239 km after lunch, 651 km that day.",
+         "The bus drove 412 km in the morning and 239 km after lunch, [Calculator(412 + 239) -> 651] 651 km that day."),
+    ]  # fmt: skip
+    precedes = r"[$€£]?-?\d"  # a result only helps predict a number: positions elsewhere are not sampled
+
+    def __call__(self, arg: str) -> str | None:
+        # A call must compute something: "[Calculator(13780) -> 13780]" only copies a number the annotating
+        # model read further on in the text, and teaches nothing a model could repeat without that text.
+        return calculator(arg) if _OPERATION.search(arg) else None
+
+    @staticmethod
+    def usable(arg: str, before: str) -> bool:
+        """Toolformer augmentation: a call can stand where every number in it has already been written."""
+        said = {n.replace(",", "") for n in _NUMBER.findall(before)}
+        return all(n.replace(",", "") in said for n in _NUMBER.findall(arg))
 
 
 class _Rejected(Exception):
@@ -44,7 +78,7 @@ def calculator(expression: str) -> str | None:
     # Python's own parser would recurse on 1,000 parentheses.
     if not text or not _ALLOWED.fullmatch(text) or _depth(text) > MAX_DEPTH:
         return None
-    if any(len(n.replace(".", "").lstrip("0")) > MAX_DIGITS for n in _NUMBER.findall(text)):
+    if any(len(n.replace(".", "").lstrip("0")) > MAX_DIGITS for n in _DIGITS.findall(text)):
         return None
     try:
         tree = ast.parse(text, mode="eval")

@@ -8,7 +8,7 @@ import torch
 from lowtune import recipes
 from lowtune.cli import main
 from lowtune.config import load_recipe
-from lowtune.recipes.reward import RewardModel, score
+from lowtune.scoring import RewardModel, score
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,10 @@ paper uses k = 10), while no call has been made yet.
 
 from __future__ import annotations
 
-import re
-
 import torch
 
+from lowtune.toolformer.calls import ARROW, open_bracket_ids, open_call
 from lowtune.tools import run_tool
-from lowtune.tools.augment import open_bracket_ids
-
-_OPEN_CALL = re.compile(r"\[(?P<tool>[A-Za-z_][A-Za-z0-9_]*)\((?P<arg>[^\[\]()]*)\)\s*->\s*$")
 
 
 class _TriggerCall:
@@ -75,19 +71,19 @@ def generate_with_tools(
         out = model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget, do_sample=False,
             temperature=None, top_p=None, top_k=None, logits_processor=processors,
-            stop_strings=["->"] if calling else None, tokenizer=tokenizer,
+            stop_strings=[ARROW] if calling else None, tokenizer=tokenizer,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )  # fmt: skip
         new = tokenizer.decode(out[0, prompt_ids.shape[1] :], skip_special_tokens=True)
-        match = _OPEN_CALL.search(new) if calling else None
-        if match is None:
+        call = open_call(new) if calling else None
+        if call is None:
             reply = new
-            if calling and new.rstrip().endswith("->"):  # an arrow that is not a call: decode on without stopping
+            if calling and new.rstrip().endswith(ARROW):  # an arrow that is not a call: decode on without stopping
                 stop_at_arrow = False
                 continue
             break
-        tool = by_name.get(match.group("tool").lower())
-        result = run_tool(tool, match.group("arg").strip()) if tool else None
-        calls.append({"tool": match.group("tool"), "arg": match.group("arg").strip(), "result": result})
+        tool = by_name.get(call.tool.lower())
+        result = run_tool(tool, call.arg) if tool else None
+        calls.append({"tool": call.tool, "arg": call.arg, "result": result})
         reply = f"{new.rstrip()} {result if result is not None else ''}]".replace(" ]", "]")
     return reply, calls

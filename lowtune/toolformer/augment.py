@@ -15,8 +15,8 @@ For each text x and tool:
    L+ = L_i(call with result), L- = min(L_i(no call), L_i(call without result)); the call is kept when
    L- - L+ >= tau_f. At most one call per position survives (the largest gain).
 
-All log-probabilities go through lowtune's `token_logprobs` (no [tokens x vocab] tensor), in batches.
-The call syntax is plain text — "[Calculator(400 / 1400) -> 0.29]" — so the vocabulary is unchanged.
+The call syntax is `lowtune.toolformer.calls`, the numbers of steps 1 and 4 `lowtune.toolformer.filter`;
+this module drives the model through the steps and writes the results.
 """
 
 from __future__ import annotations
@@ -31,82 +31,15 @@ from pathlib import Path
 import torch
 
 from lowtune.files import write_new_text
-from lowtune.kernels import token_logprobs
+from lowtune.toolformer.calls import format_call, open_bracket_ids
+from lowtune.toolformer.filter import call_gain, keep_call, open_probability, weighted_losses
 from lowtune.tools import run_tool
 
-ARROW = "->"
 # Paper defaults (Appendix A): the calculator samples many positions cheaply, other tools fewer.
 PAPER_SETTINGS = {
     "Calculator": dict(tau_s=0.0, tau_f=0.5, top_k=20, samples=10),
     "default": dict(tau_s=0.05, tau_f=1.0, top_k=5, samples=5),
 }
-WEIGHT_SPAN = 5  # w_t = max(0, 1 - 0.2 t) is zero from t = 5 on
-
-
-@dataclass(frozen=True)
-class Call:
-    """One API call found in text: its character span, tool name, argument and result (None: no result)."""
-
-    start: int
-    end: int
-    tool: str
-    arg: str
-    result: str | None
-
-
-_CALL = re.compile(r"\[(?P<tool>[A-Za-z_][A-Za-z0-9_]*)\((?P<arg>[^\[\]()]*)\)(?:\s*->\s*(?P<result>[^\[\]]*?))?\s*\]")
-
-
-def parse_calls(text: str) -> list[Call]:
-    """Every well-formed call in `text`, in order. Malformed ones (unclosed, nested, no parentheses) are
-    left as plain text."""
-    if not isinstance(text, str):
-        return []
-    return [
-        Call(m.start(), m.end(), m.group("tool"), m.group("arg").strip(),
-             None if m.group("result") is None else m.group("result").strip())
-        for m in _CALL.finditer(text)
-    ]  # fmt: skip
-
-
-def format_call(tool: str, arg: str, result: str | None = None) -> str:
-    return f"[{tool}({arg})]" if result is None else f"[{tool}({arg}) {ARROW} {result}]"
-
-
-def strip_calls(text: str) -> str:
-    """The text without its calls (and the space before each)."""
-    out, last = [], 0
-    for call in parse_calls(text):
-        out.append(text[last : call.start].rstrip(" ") if call.start > last else "")
-        last = call.end
-    out.append(text[last:])
-    return "".join(out)
-
-
-def open_bracket_ids(tokenizer) -> list[int]:
-    """The vocabulary's tokens that read as "[" (with or without a leading space): how a call starts."""
-    ids = sorted(
-        {i for tok, i in tokenizer.get_vocab().items() if tokenizer.convert_tokens_to_string([tok]).strip() == "["}
-    )
-    if not ids:
-        raise ValueError("the tokenizer has no token for '['; Toolformer's call syntax needs one")
-    return ids
-
-
-def loss_weights(n: int) -> torch.Tensor:
-    """w_t = max(0, 1 - 0.2 t) for t = 0..n-1, normalized to sum 1 (the paper's weighting)."""
-    w = torch.clamp(1.0 - 0.2 * torch.arange(n, dtype=torch.float32), min=0.0)
-    return w / w.sum() if w.sum() > 0 else w
-
-
-def call_gain(loss_none: float, loss_no_result: float, loss_with_result: float) -> float:
-    """L- - L+: L- = min(L(no call), L(call without result)), L+ = L(call with result)."""
-    return min(loss_none, loss_no_result) - loss_with_result
-
-
-def keep_call(loss_none: float, loss_no_result: float, loss_with_result: float, tau_f: float) -> bool:
-    """The filter the pipeline applies to each executed call: L- - L+ >= tau_f (see `call_gain`)."""
-    return call_gain(loss_none, loss_no_result, loss_with_result) >= tau_f
 
 
 def annotation_prompt(tool, text: str) -> str:
@@ -258,12 +191,7 @@ class Augmenter:
         hidden = self._hidden(ids, torch.ones_like(ids))[0]
         # the state at text token j-1 predicts what comes before text token j (j = 1..n-1)
         states = hidden[len(prompt_ids) : len(prompt_ids) + len(text_ids) - 1]
-        head = self._head()
-        logps = torch.stack([
-            token_logprobs(states, head.weight, torch.full((len(states),), t, device=states.device), bias=head.bias)
-            for t in self.open_ids
-        ])  # fmt: skip
-        p_open = logps.logsumexp(0).exp()
+        p_open = open_probability(states, self._head(), self.open_ids)
         order = torch.argsort(p_open, descending=True).tolist()
         allowed = candidate_positions(tool, text, tokens[1])
         return [j + 1 for j in order if p_open[j] > tau_s and (allowed is None or j + 1 in allowed)][:top_k]
@@ -325,37 +253,10 @@ class Augmenter:
         prefixes = [""] + [
             p for _, arg, r in results for p in (format_call(tool.name, arg), format_call(tool.name, arg, r))
         ]
-        losses = self._weighted_losses(prefixes, text, tokens, sorted({i for i, _, _ in results}))
+        positions = sorted({i for i, _, _ in results})
+        losses = weighted_losses(self._hidden, self._head(), self.tokenizer, prefixes, tokens[0], positions,
+                                 self.batch_size)  # fmt: skip
         return [(losses[0][i], losses[1 + 2 * k][i], losses[2 + 2 * k][i]) for k, (i, _, _) in enumerate(results)]
-
-    def _weighted_losses(self, prefixes: list[str], text: str, tokens, positions: list[int]) -> list[dict[int, float]]:
-        """For each prefix z: {i: L_i(z)} over the given token positions of `text`."""
-        text_ids = tokens[0]
-        weights = loss_weights(WEIGHT_SPAN)
-        head = self._head()
-        out = []
-        for start in range(0, len(prefixes), self.batch_size):
-            chunk = prefixes[start : start + self.batch_size]
-            prefix_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] if p else [] for p in chunk]
-            rows = [p + text_ids for p in prefix_ids]
-            width = max(len(r) for r in rows)
-            pad = self.tokenizer.pad_token_id
-            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
-            labels = torch.full_like(ids, -100)
-            for row, p in enumerate(prefix_ids):
-                labels[row, len(p) : len(p) + len(text_ids) - 1] = ids[row, len(p) + 1 : len(p) + len(text_ids)]
-            hidden = self._hidden(ids, mask)
-            logp = token_logprobs(hidden, head.weight, labels, bias=head.bias)  # logp[r, t] = log p(token t+1)
-            for row, p in enumerate(prefix_ids):
-                # log p(x_j | z, x_<j) for text token j sits at row position len(p) + j - 1
-                per_token = {j: logp[row, len(p) + j - 1].item() for j in range(1, len(text_ids))}
-                losses = {}
-                for i in positions:
-                    span = [j for j in range(i, min(i + WEIGHT_SPAN, len(text_ids)))]
-                    losses[i] = -sum(weights[j - i].item() * per_token[j] for j in span)
-                out.append(losses)
-        return out
 
 
 def _cache(output):

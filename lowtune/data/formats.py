@@ -1,0 +1,61 @@
+"""The data formats lowtune reads, which kind of training each one feeds, and how a format is detected.
+
+Rows with one reply (SFT, and prompts for GRPO/PPO) and preference pairs (reward modeling, DPO) are
+two families. With data.format=auto the first row's columns pick a format of the family the method
+reads, trying FORMATS in order, so data of the other kind is named and refused ("text data cannot
+train a reward model") rather than misread.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lowtune.errors import LowtuneError
+
+# name: the columns that identify it
+FORMATS = {
+    "messages": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+    "prompt_answer": ("prompt", "answer"),
+    "gsm8k": ("question", "answer"),
+    "text": ("text",),
+    "preference": ("prompt", "chosen", "rejected"),
+    "preference_implicit": ("chosen", "rejected"),  # that are not transcripts
+    "hh_rlhf": ("chosen", "rejected"),  # "\n\nHuman: ...\n\nAssistant: ..." transcripts
+}
+PAIR_FORMATS = ("preference", "preference_implicit", "hh_rlhf")
+# Which formats each kind of training data accepts.
+KINDS = {
+    "sft": ("messages", "prompt_completion", "text", "gsm8k"),
+    "prompt": ("messages", "prompt_answer", "gsm8k"),
+    "preference": PAIR_FORMATS,
+}
+ROLES = ("system", "user", "assistant", "tool")
+HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+# beyond their columns, what the two kinds of pairs without a prompt hold
+_HOLDS = {
+    "preference_implicit": lambda row: not is_transcript(row["chosen"]),
+    "hh_rlhf": lambda row: is_transcript(row["chosen"]),
+}
+# what a row of each family is called in an error, and the columns it is expected to have
+_EXPECTED = {
+    False: ("data", "messages, prompt + completion, or text"),
+    True: ("preference", "prompt + chosen + rejected, or chosen + rejected"),
+}
+
+
+def is_transcript(value) -> bool:
+    """Whether a column holds an Anthropic HH-RLHF transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...")."""
+    return isinstance(value, str) and bool(HH_TURN.search(value)) and "Human:" in value
+
+
+def detect_format(row: dict, where: str, kind: str = "sft") -> str:
+    """The format of `row` (found at `where`) among those of the family that `kind` reads."""
+    pairs = kind == "preference"
+    for fmt, keys in FORMATS.items():
+        if (fmt in PAIR_FORMATS) == pairs and all(k in row for k in keys) and (fmt not in _HOLDS or _HOLDS[fmt](row)):
+            return fmt
+    what, expected = _EXPECTED[pairs]
+    raise LowtuneError(
+        f"{where}: cannot tell the {what} format from columns {sorted(row)}; expected {expected} (or set data.format)"
+    )

@@ -1,0 +1,143 @@
+"""Rows from any source, and how they are checked.
+
+`read_rows` yields (location, row) pairs from the builtin tasks, a data file, a directory of them or
+a Hugging Face dataset. A method's loader turns each row into a training record with a `build`
+function that raises `RowError` for a bad row; `validate` runs it over every row and reports all bad
+rows at once as `file:line: field: problem`, so nothing trains on data with mistakes in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lowtune.config import DataConfig
+from lowtune.data import arithmetic
+from lowtune.data.arithmetic_text import story_problems
+from lowtune.data.formats import ROLES
+from lowtune.data.readers import is_data_file, read_file
+from lowtune.errors import LowtuneError
+
+MAX_REPORTED = 20
+
+
+class RowError(Exception):
+    """One row's problem (which field, what is wrong); `validate` puts the row's location in front."""
+
+
+def read_rows(cfg: DataConfig) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (location, row) pairs; the location is `file:line` or `name[split] row i`."""
+    if cfg.source == "arithmetic":
+        for i, p in enumerate(arithmetic.train(cfg.n_train, cfg.digits, cfg.operations, cfg.seed, cfg.operands)):
+            messages = [{"role": "user", "content": p.question}, {"role": "assistant", "content": p.solution}]
+            yield f"arithmetic row {i}", {"messages": messages, "answer": str(p.answer)}
+        return
+    if cfg.source == "arithmetic-text":
+        for i, (question, story, answer) in enumerate(story_problems(cfg.n_train, cfg.digits, cfg.seed)):
+            messages = [{"role": "user", "content": question}, {"role": "assistant", "content": story}]
+            yield f"arithmetic-text row {i}", {"messages": messages, "answer": str(answer)}
+        return
+    path = Path(cfg.source).expanduser()
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if is_data_file(f) and cfg.split in f.name)
+        if not files:
+            raise LowtuneError(f"{path}: no {cfg.split} file (.jsonl/.json/.csv/.parquet) in this directory")
+        for f in files:
+            yield from read_file(f)
+        return
+    if is_data_file(path) and path.exists():
+        yield from read_file(path)
+        return
+    if is_data_file(path) or path.exists() or cfg.source.startswith((".", "/", "~")):
+        raise LowtuneError(
+            f"data file {cfg.source} not found (formats: .jsonl, .json, .csv, each optionally .gz, and .parquet)"
+        )
+    yield from read_hub(cfg)
+
+
+def read_hub(cfg: DataConfig) -> Iterator[tuple[str, dict]]:
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(cfg.source, cfg.subset, data_dir=cfg.data_dir, split=cfg.split)
+    except Exception as e:  # network, missing dataset, bad split: all user-fixable
+        raise LowtuneError(
+            f"could not load dataset {cfg.source!r} (split {cfg.split}) from the hub: "
+            f"{str(e).splitlines()[0]}; for local data give a path to a .jsonl/.json/.csv/.parquet file"
+        ) from None
+    for i, row in enumerate(ds):
+        yield f"{cfg.source}[{cfg.split}] row {i}", row
+
+
+def validate(rows: list[tuple[str, dict]], fmt: str, build, bad_rows: str = "error") -> tuple[list[dict], list[str]]:
+    """Check every row and convert it with `build`; returns (records, skipped rows as `where: problem`).
+
+    With bad_rows="error" any bad row raises, listing all of them; with "skip" they are dropped and
+    reported on the console (and returned, for summary.json), never silently.
+    """
+    records, problems = [], []
+    for where, row in rows:
+        try:
+            records.append(build(row, fmt))
+        except RowError as e:
+            problems.append(f"{where}: {e}")
+    if not problems:
+        return records, []
+    shown = "\n  ".join(problems[:MAX_REPORTED])
+    more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+    if bad_rows == "skip" and records:
+        from lowtune import ui
+
+        ui.say(
+            f"skipped {len(problems)} bad row(s) of {len(rows)} in the {fmt} data "
+            f"(data.bad_rows=skip):\n  {shown}{more}"
+        )
+        return records, problems
+    raise LowtuneError(
+        f"{len(problems)} bad row(s) in the {fmt} data; nothing was trained. Fix them "
+        f"(or set data.bad_rows=skip to drop them) and rerun:\n  {shown}{more}"
+    )
+
+
+# ---------------------------------------------------------------- field checks, for `build` functions
+
+
+def present(row: dict, key: str) -> Any:
+    """The value of `key`; RowError when the row has none."""
+    if key not in row or row[key] is None:
+        raise RowError(f"field '{key}' is missing")
+    return row[key]
+
+
+def text_field(row: dict, key: str) -> str:
+    """The non-empty string in `key`."""
+    value = present(row, key)
+    if not isinstance(value, str):
+        raise RowError(f"field '{key}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise RowError(f"field '{key}' is empty")
+    return value
+
+
+def messages_field(row: dict, field: str = "messages", last_assistant: bool = True) -> list[dict]:
+    """The conversation in `field` as clean {role, content} messages; with `last_assistant`, it must end with
+    the assistant's reply and have a turn before it."""
+    messages = row.get(field)
+    if messages is None:
+        raise RowError(f"field '{field}' is missing")
+    if not isinstance(messages, list) or not messages:
+        raise RowError(f"field '{field}' must be a non-empty list of {{role, content}}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise RowError(f"field '{field}[{i}]' must be an object with role and content")
+        if m.get("role") not in ROLES:
+            raise RowError(f"field '{field}[{i}].role' is {m.get('role')!r}; use one of {', '.join(ROLES)}")
+        if not isinstance(m.get("content"), str) or not m["content"].strip():
+            raise RowError(f"field '{field}[{i}].content' is missing or empty")
+    if last_assistant:
+        if messages[-1]["role"] != "assistant":
+            raise RowError(f"field '{field}[{len(messages) - 1}].role': the last turn must be the assistant's")
+        if len(messages) < 2:
+            raise RowError(f"field '{field}' needs at least one turn before the assistant reply")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]

@@ -1,0 +1,131 @@
+"""What a training run reports, typed: each method module returns a `RunSummary`; the console table
+(`ui.run_summary`) reads its fields, and `to_dict()` is the run's summary.json.
+
+A RunSummary also reads like that JSON (`summary["eval_after"]["accuracy"]`), for scripts that compare runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+
+@dataclasses.dataclass
+class Fit:
+    """What `fit` measured (the training figures of summary.json)."""
+
+    wall_time_s: float  # training time, periodic evaluations left out
+    steps: int
+    s_per_step: float
+    tokens: int
+    tokens_per_s: float
+    peak_memory_mb: float
+    trainable_params: int
+    first_loss: float | None
+    final_loss: float | None
+    device: str
+    quantization: str
+    eval_time_s: float
+    eval_during: list[dict[str, Any]]
+    stopped_by_budget: bool
+
+
+@dataclasses.dataclass
+class HeldoutAccuracy:
+    """Greedy accuracy on the recipe's held-out task (`eval.task`)."""
+
+    task: str
+    n: int
+    accuracy: float
+    example: str  # the first reply, as the model wrote it
+    tools: list[str] | None = None  # eval.tools: the tools the model could call
+    replies_with_a_call: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return out if self.tools else {k: v for k, v in out.items() if k not in ("tools", "replies_with_a_call")}
+
+
+@dataclasses.dataclass
+class PairwiseAccuracy:
+    """A reward model's held-out pairs scored chosen above rejected."""
+
+    n: int
+    accuracy: float
+    mean_margin: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ImplicitRewardAccuracy:
+    """DPO's held-out pairs where beta * log(pi/ref) of the chosen reply beats the rejected one's."""
+
+    n: int
+    accuracy: float
+    mean_margin: float
+    chosen_reward: float
+    rejected_reward: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+T = TypeVar("T", HeldoutAccuracy, PairwiseAccuracy)
+
+
+@dataclasses.dataclass
+class BeforeAfter(Generic[T]):
+    """A score before training (None when not taken) and after it (None when the task is off)."""
+
+    before: T | None
+    after: T | None
+
+
+@dataclasses.dataclass(eq=False)  # compares as the JSON it reads like (collections.abc.Mapping's ==)
+class RunSummary(Mapping):
+    method: str
+    model: str
+    rows: int  # training rows (pairs, prompts) after skipping bad ones
+    fit: Fit
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)  # the method's settings, as TRL used them
+    heldout: BeforeAfter[HeldoutAccuracy] | None = None  # methods that generate: eval.task before and after
+    pairwise: BeforeAfter[PairwiseAccuracy] | None = None  # reward models
+    preference: ImplicitRewardAccuracy | None = None  # DPO, after training
+    has_preference: bool = False  # DPO records preference_after even without held-out pairs (as null)
+    augmentation: dict[str, Any] | None = None  # Toolformer's statistics
+    skipped_rows: list[dict[str, Any]] | None = None  # bad rows passed over (preference data)
+    placement: dict[str, Any] | None = None  # set by `recipes.train`
+    processes: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """summary.json."""
+
+        def plain(section):
+            return None if section is None else section.to_dict()
+
+        out: dict[str, Any] = {"method": self.method, "model": self.model, "rows": self.rows, **self.details}
+        if self.skipped_rows is not None:
+            out["skipped_rows"] = self.skipped_rows
+        if self.augmentation is not None:
+            out["augmentation"] = self.augmentation
+        out |= dataclasses.asdict(self.fit)
+        if self.has_preference:
+            out["preference_after"] = plain(self.preference)
+        if self.heldout is not None:
+            out |= {"eval_before": plain(self.heldout.before), "eval_after": plain(self.heldout.after)}
+        if self.pairwise is not None:
+            out |= {"pairwise_before": plain(self.pairwise.before), "pairwise_after": plain(self.pairwise.after)}
+        out |= {"placement": self.placement, "processes": self.processes}
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
