@@ -227,13 +227,8 @@ def _log_record(step: int, when: float, logs: dict) -> dict:
     return {"step": step, "time": when, **{k: logs[k] for k in LOG_KEYS if k in logs}}
 
 
-def lowtune_worker(spec: dict) -> dict:
-    """lowtune.recipes.train on the shipped recipe for the method, with the benchmark's overrides."""
-    from lowtune import recipes
-    from lowtune.config import load_recipe
-
-    baseline, at_start = _rss_mb(), {}
-    _watch_train_start(at_start)
+def lowtune_overrides(spec: dict) -> list[str]:
+    """The recipe overrides of a lowtune measurement (also what benchmarks/plan_accuracy.py plans)."""
     method, precision = spec["method"], PRECISIONS[spec["precision"]]
     overrides = [
         f"model.name={spec['model']}",
@@ -263,6 +258,22 @@ def lowtune_worker(spec: dict) -> dict:
                       f"train.max_completion_length={spec['max_completion_length']}"]  # fmt: skip
     if spec.get("logprob_kernel"):
         overrides.append(f"model.logprob_kernel={spec['logprob_kernel']}")
+    return overrides + list(spec.get("extra_overrides", []))
+
+
+def lowtune_worker(spec: dict) -> dict:
+    """lowtune.recipes.train on the shipped recipe for the method, with the benchmark's overrides."""
+    import torch
+
+    from lowtune import recipes
+    from lowtune.config import load_recipe
+
+    baseline, at_start = _rss_mb(), {}
+    _watch_train_start(at_start)
+    if spec.get("memory_cap_mb") and torch.cuda.is_available():  # a smaller GPU (benchmarks/plan_gpu.py)
+        total = torch.cuda.get_device_properties(0).total_memory / 2**20
+        torch.cuda.set_per_process_memory_fraction(spec["memory_cap_mb"] / total)
+    method, overrides = spec["method"], lowtune_overrides(spec)
     recipe = load_recipe(ROOT / "recipes" / f"{method}.yaml", overrides)
     run, summary = recipes.train(recipe)
     memory = _memory(baseline)  # lowtune resets the CUDA peak right before trainer.train()

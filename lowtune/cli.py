@@ -1,4 +1,5 @@
-"""`lowtune train|generate|eval|score|merge|export|models|recipes` — argparse front end; no method logic here."""
+"""`lowtune train|plan|generate|eval|augment|score|merge|export|models|recipes` — argparse front end; no method
+logic here."""
 
 from __future__ import annotations
 
@@ -26,12 +27,27 @@ def main(argv: list[str] | None = None) -> int:
         help="continue a run from its last checkpoint (default: the recipe's newest run)",
     )
     p.add_argument(
+        "--fit",
+        metavar="MEMORY",
+        help="before training, choose the per-device batch (keeping the effective batch) and checkpointing so the "
+        "planned peak fits in MEMORY, e.g. 8GiB (`lowtune plan` shows the plan)",
+    )
+    p.add_argument(
         "--num-processes",
         type=int,
         metavar="N",
         help="data-parallel processes: runs `accelerate launch --num_processes N -m lowtune train ...`, one "
         "per GPU (on a machine without CUDA: torchrun, N CPU processes talking over gloo)",
     )
+
+    p = sub.add_parser("plan", help="predict a recipe's peak memory before the run, and the settings that fit")
+    p.add_argument("recipe", help="a recipe YAML file or a shipped recipe name")
+    p.add_argument("overrides", nargs="*", help="overrides, as for lowtune train")
+    p.add_argument("--device", choices=["cuda", "cpu"], help="plan for this device (default: this machine's)")
+    p.add_argument("--gpu-memory", metavar="MEMORY", help="the GPU's memory, e.g. 8GiB (implies --device cuda)")
+    p.add_argument("--gpu", metavar="NAME", help="a GPU by name, e.g. rtx4060 (implies --device cuda)")
+    p.add_argument("--memory", metavar="MEMORY", help="a memory budget on --device cpu, e.g. 16GiB")
+    p.add_argument("--fit", action="store_true", help="also find the settings that fit the memory")
 
     p = sub.add_parser("generate", help="chat with a model or a run's adapter")
     p.add_argument("model", help="run directory, adapter directory, builtin name, local model or hub id")
@@ -114,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come after options too (`lowtune train sft --quiet train.max_steps=5`).
     args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.command == "train":
+    if args.command in ("train", "plan"):
         args.overrides += [e for e in extra if not e.startswith("-")]
         extra = [e for e in extra if e.startswith("-")]
     if extra:
@@ -174,9 +190,59 @@ def cmd_train(args) -> int:
         raise LowtuneError("lowtune train needs a recipe (e.g. `lowtune train sft`) or --resume RUN_DIR")
     if args.quiet:
         recipe.output.quiet = True
-    run, summary = recipes.train(recipe, resume=run_dir)
+    planned = None
+    if args.fit:
+        if run_dir is not None:
+            raise LowtuneError("--fit chooses the settings of a new run; a resumed run keeps its own")
+        from lowtune import plan
+        from lowtune.plan import budget
+
+        found = plan.fit(path, overrides, budget.parse_memory(args.fit), say=ui.say)
+        if found.overrides:
+            ui.say(f"--fit {args.fit}: {' '.join(found.overrides)} (planned {found.plan.total_mb / 1024:.2f} GiB)")
+            recipe = load_recipe(path, [*overrides, *found.overrides])
+            recipe.output.name = recipe.output.name or path.stem
+            recipe.output.quiet = recipe.output.quiet or args.quiet
+        else:
+            ui.say(f"--fit {args.fit}: the recipe fits as it is (planned {found.plan.total_mb / 1024:.2f} GiB)")
+        planned = {"memory": args.fit, "overrides": found.overrides, **found.plan.to_dict()}
+    run, summary = recipes.train(recipe, resume=run_dir, plan=planned)
     ui.run_summary(run.path, summary)
     return 0
+
+
+def cmd_plan(args) -> int:
+    from lowtune import plan, recipes, ui
+    from lowtune.config import load_recipe
+    from lowtune.plan import budget
+
+    if sum(x is not None for x in (args.gpu_memory, args.gpu, args.memory)) > 1:
+        raise LowtuneError("give one of --gpu-memory, --gpu and --memory")
+    device, memory = args.device, None
+    if args.gpu_memory or args.gpu:
+        if device == "cpu":
+            raise LowtuneError("--gpu-memory and --gpu plan for a GPU: drop --device cpu")
+        device = "cuda"
+        memory = budget.parse_memory(args.gpu_memory) if args.gpu_memory else budget.gpu_memory(args.gpu)
+    elif args.memory:
+        device, memory = device or "cpu", budget.parse_memory(args.memory)
+    if args.fit and memory is None:
+        raise LowtuneError("--fit needs the memory to fit: --gpu-memory 8GiB, --gpu NAME or --memory 16GiB")
+    path = recipes.find_recipe(args.recipe)
+    if args.fit:
+        found = plan.fit(path, args.overrides, memory, device, say=ui.say)
+        ui.plan_table(found.plan)
+        if found.overrides:
+            ui.say(f"fits with: {' '.join(found.overrides)}")
+            chosen = {o.split("=", 1)[0] for o in found.overrides}
+            kept = [o for o in args.overrides if o.split("=", 1)[0] not in chosen]
+            ui.say(f"run it: lowtune train {args.recipe} {' '.join([*kept, *found.overrides])}")
+        else:
+            ui.say("fits as it is")
+        return 0
+    result = plan.plan(load_recipe(path, args.overrides), device, memory, say=ui.say)
+    ui.plan_table(result)
+    return 0 if result.fits is not False else 1
 
 
 def cmd_generate(args) -> int:
@@ -421,6 +487,7 @@ def cmd_recipes(args) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "plan": cmd_plan,
     "generate": cmd_generate,
     "augment": cmd_augment,
     "eval": cmd_eval,

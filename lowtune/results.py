@@ -61,13 +61,25 @@ class PairwiseAccuracy:
 
 @dataclasses.dataclass
 class ImplicitRewardAccuracy:
-    """DPO's held-out pairs where beta * log(pi/ref) of the chosen reply beats the rejected one's."""
+    """Held-out pairs where the method's reward of the chosen reply beats the rejected one's: DPO's implicit
+    reward beta * log(pi/ref), ORPO's beta * (mean per-token log pi)."""
 
     n: int
     accuracy: float
     mean_margin: float
     chosen_reward: float
     rejected_reward: float
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, float], n: int) -> ImplicitRewardAccuracy:
+        """From the `eval_rewards/*` metrics of TRL's DPO or ORPO `evaluate()` on `n` held-out pairs."""
+        return cls(
+            n=n,
+            accuracy=metrics["eval_rewards/accuracies"],
+            mean_margin=metrics["eval_rewards/margins"],
+            chosen_reward=metrics["eval_rewards/chosen"],
+            rejected_reward=metrics["eval_rewards/rejected"],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,12 +105,13 @@ class RunSummary(Mapping):
     details: dict[str, Any] = dataclasses.field(default_factory=dict)  # the method's settings, as TRL used them
     heldout: BeforeAfter[HeldoutAccuracy] | None = None  # methods that generate: eval.task before and after
     pairwise: BeforeAfter[PairwiseAccuracy] | None = None  # reward models
-    preference: ImplicitRewardAccuracy | None = None  # DPO, after training
-    has_preference: bool = False  # DPO records preference_after even without held-out pairs (as null)
+    preference: ImplicitRewardAccuracy | None = None  # DPO and ORPO, after training
+    has_preference: bool = False  # DPO and ORPO record preference_after even without held-out pairs (as null)
     augmentation: dict[str, Any] | None = None  # Toolformer's statistics
     skipped_rows: list[dict[str, Any]] | None = None  # bad rows passed over (preference data)
     placement: dict[str, Any] | None = None  # set by `recipes.train`
     processes: int = 1
+    plan: dict[str, Any] | None = None  # `lowtune train --fit`: the plan, and on CUDA the peak measured
 
     def to_dict(self) -> dict[str, Any]:
         """summary.json."""
@@ -119,6 +132,8 @@ class RunSummary(Mapping):
         if self.pairwise is not None:
             out |= {"pairwise_before": plain(self.pairwise.before), "pairwise_after": plain(self.pairwise.after)}
         out |= {"placement": self.placement, "processes": self.processes}
+        if self.plan is not None:
+            out["plan"] = self.plan
         return out
 
     def __getitem__(self, key: str) -> Any:

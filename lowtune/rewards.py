@@ -1,6 +1,6 @@
-"""Verifiable rewards for GRPO/PPO: answer extraction, accuracy, format and length.
+"""Verifiable rewards for GRPO/RLOO/online DPO/PPO: answer extraction, accuracy, format and length.
 
-A leaf module (imports nothing of lowtune). Each reward has TRL's reward-function signature:
+A leaf module (imports nothing of lowtune but its error type). Each reward has TRL's reward-function signature:
 `reward(completions, **kwargs) -> list[float]`, where `completions` are strings or chat messages
 and dataset columns (e.g. `answer`) arrive as keyword lists.
 
@@ -30,6 +30,8 @@ import re
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
+
+from lowtune.errors import LowtuneError
 
 _UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
 _NUMBER = re.compile(rf"(?<![\w.])-?{_UNSIGNED}(?:\s*/\s*-?{_UNSIGNED})?")
@@ -227,3 +229,14 @@ def weighted_rewards(
     chosen = [(accuracy_reward, accuracy), (format_reward, format), (length_reward_, length)]
     chosen = [(f, w) for f, w in chosen if w != 0]
     return [f for f, _ in chosen], [w for _, w in chosen]
+
+
+def recipe_rewards(cfg, max_completion_length: int) -> tuple[list[Callable[..., list[float]]], list[float]]:
+    """The rule rewards of a recipe's `rewards` section with non-zero weight, and their weights; the length
+    reward's schedule ends at `rewards.length_max` or else `max_completion_length`. LowtuneError when every
+    weight is 0."""
+    length_max = cfg.length_max or max_completion_length
+    funcs, weights = weighted_rewards(cfg.accuracy, cfg.format, cfg.length, length_max)
+    if not funcs:
+        raise LowtuneError("rewards: every weight is 0; give accuracy, format or length a weight")
+    return funcs, weights

@@ -3,7 +3,8 @@ budget and guards, and the figures of the run.
 
 A method module (lowtune/recipes/*.py) gets the TRL arguments built here, loads its model and data, builds
 its trainer and hands it to `fit`; `fit` trains, saves the adapter through the run directory, and returns
-what it measured.
+what it measured. The methods that sample completions of prompts and score them with the rule rewards (GRPO,
+RLOO) share their whole run, `fit_on_prompts`, and differ in the trainer they build.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from lowtune import dist, ui
+from lowtune import data, dist, models, ui
 from lowtune.config import Recipe, train_config_class
 from lowtune.errors import LowtuneError, TrainingStopped
+from lowtune.evaluate import heldout_accuracy
 from lowtune.guard import Guard
+from lowtune.kernels.trl import patched
 from lowtune.placement import Placement
-from lowtune.results import Fit
+from lowtune.results import BeforeAfter, Fit, RunSummary
 from lowtune.runs import RunDir, peak_memory_mb
 
 # lowtune's defaults for every TRL trainer (the method's defaults, then the recipe's `train`, override them).
@@ -56,6 +59,14 @@ def trl_args(recipe: Recipe, run: RunDir, placement: Placement, method_defaults:
         return train_config_class(recipe.method)(**{**defaults, **TRAIN_DEFAULTS, **method_defaults, **recipe.train})
     except ValueError as e:  # the config class's own checks (e.g. incompatible settings)
         raise LowtuneError(f"train: {e}") from None
+
+
+def exact_eval_batches(args, heldout) -> None:
+    """TRL's DPO and ORPO report eval metrics as the mean of per-batch means: equal batches make it the exact
+    mean, so the eval batch becomes the largest divisor of the held-out rows up to its size."""
+    if heldout is not None:
+        n, size = len(heldout), args.per_device_eval_batch_size
+        args.per_device_eval_batch_size = max(d for d in range(1, min(n, size) + 1) if n % d == 0)
 
 
 class Clock(TrainerCallback):
@@ -159,3 +170,25 @@ def fit(trainer, run: RunDir, recipe: Recipe, placement: Placement, evaluate: Ca
         eval_during=clock.curve,
         stopped_by_budget=clock.out_of_budget,
     )
+
+
+def fit_on_prompts(method: str, recipe: Recipe, run: RunDir, placement: Placement, args, make_trainer) -> RunSummary:
+    """The run of a method that samples completions of the recipe's prompts from the adapted model and scores them
+    with rule rewards (GRPO, RLOO): the held-out score with the adapter off, the trainer
+    `make_trainer(recipe, args, model, tokenizer, prompts)` (it sets `args.reward_weights`), `fit` with the
+    placement's log-prob kernel inside TRL's fused LM head, the held-out score after."""
+    model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say, placement=placement)
+    dataset = data.load(recipe.data, kind="prompt", system_prompt=recipe.system_prompt())
+    ui.say(f"{len(dataset)} prompts from {recipe.data.source}")
+
+    with model.disable_adapter():
+        before = heldout_accuracy(model, tokenizer, recipe, before=True)
+
+    trainer = make_trainer(recipe, args, model, tokenizer, dataset)
+    with patched(placement.logprob_kernel) as kernel:
+        measured = fit(trainer, run, recipe, placement, lambda: heldout_accuracy(model, tokenizer, recipe))
+
+    after = heldout_accuracy(model, tokenizer, recipe)
+    weights = dict(zip([f.__name__ for f in trainer.reward_funcs], args.reward_weights, strict=True))
+    details = {"logprob_kernel": kernel, "rewards": weights}
+    return RunSummary(method, recipe.model.name, len(dataset), measured, details, heldout=BeforeAfter(before, after))

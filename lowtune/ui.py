@@ -150,3 +150,33 @@ def run_summary(run_path, summary: RunSummary) -> None:
     example = "Ken buys 16 packs of 986 shells. How many shells is that?" if tools else "What is 23 + 58?"
     also = f" --tools {','.join(tools)}" if tools else ""
     say(f'adapter saved to {adapter}; try: lowtune generate {run_path} --prompt "{example}"{also}')
+
+
+def plan_table(plan) -> None:
+    """`lowtune plan`: the parts of the planned peak, the total, and whether it fits."""
+
+    def mib(x: float) -> str:
+        return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
+
+    rows = [[p.name, mib(p.mb), p.how] for p in plan.parts]
+    peak = "tensor peak" + (" (max_memory_allocated)" if plan.device == "cuda" else "")
+    rows.append([peak, mib(plan.tensor_peak_mb), ""])
+    rows += [[p.name, mib(p.mb), p.how] for p in plan.overheads]
+    rows.append(["total", mib(plan.total_mb), f"{plan.total_mb / 1024:.2f} GiB"])
+    s = plan.settings
+    checkpointing = "on" if s["gradient_checkpointing"] else "off"
+    title = (
+        f"lowtune plan: {plan.method} on {plan.device}, {plan.model}, batch {plan.batch} × {plan.length} tokens "
+        f"({s['quantization']}, {s['dtype']}, checkpointing {checkpointing})"
+    )
+    table(title, ["part", "MiB", "how"], rows)
+    if plan.cut_rows:
+        say(f"train.max_length={plan.max_length} cuts {plan.cut_rows} of {plan.rows} rows")
+    for note in plan.notes:
+        say(note)
+    if plan.memory_mb is not None:
+        verdict = "fits" if plan.fits else "does NOT fit"
+        planned = f"planned {plan.total_mb / 1024:.2f} GiB, in {plan.seconds:.0f} s"
+        say(f"{verdict} in {plan.memory_mb / 1024:.2f} GiB ({planned})")
+    else:
+        say(f"planned in {plan.seconds:.0f} s; give --gpu-memory 8GiB (or --gpu NAME) to check a GPU")

@@ -1,6 +1,10 @@
+import inspect
 import json
 import os
 import random
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -172,3 +176,111 @@ def make_random_adapter(tiny_path, out, seed=0):
 def random_adapter_fixture():
     """make_random_adapter(base_path, out): a saved PEFT adapter whose B is not zero."""
     return make_random_adapter
+
+
+# Runs lowtune's CLI in a child process that sends itself SIGNAL at the end of step STEP.
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from transformers import TrainerCallback
+    import lowtune.training as training
+    from lowtune.cli import main
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == {step}:
+                os.kill(os.getpid(), signal.{signal})
+
+    fit = training.fit
+    def fit_with_stop(trainer, *args):
+        trainer.add_callback(Stop())
+        return fit(trainer, *args)
+    training.fit = fit_with_stop
+    {prelude}
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def low_token_share(completions, completion_ids, **kwargs):
+    """Reward: the share of a completion's tokens with id below 96, a set of tokens tiny-random can learn to favour
+    (it earns no accuracy reward: every advantage would be 0)."""
+    return [sum(t < 96 for t in ids) / max(len(ids), 1) for ids in completion_ids]
+
+
+# A child's prelude for the methods that sample and score with the rule rewards (GRPO, RLOO, online DPO): their
+# reward becomes `low_token_share`; with the shipped accuracy reward tiny-random earns nothing, every advantage
+# would be 0 and the adapter would never leave its init.
+LEARNABLE_REWARD = f"""
+import lowtune.rewards as rewards
+
+{inspect.getsource(low_token_share)}
+rewards.recipe_rewards = lambda cfg, max_completion_length: ([low_token_share], [1.0])
+"""
+# The methods' shipped recipes made small for tiny-random: 6 steps, a checkpoint every 2, a 4-problem held-out score.
+TINY_RUN = ["model.name=tiny-random", "train.max_steps=6", "train.save_steps=2", "train.logging_steps=1",
+            "train.learning_rate=1e-3", "eval.n=4", "eval.max_new_tokens=4", "output.quiet=true"]  # fmt: skip
+
+
+def lowtune(*argv, stop_at=None, signal="SIGKILL", prelude=""):
+    """lowtune's CLI in a child process; `stop_at`: it sends itself `signal` at the end of that step; `prelude`:
+    code the child runs first."""
+    if stop_at is None and not prelude:
+        code = ["-m", "lowtune"]
+    else:
+        code = ["-c", CHILD.format(step=stop_at, signal=signal, prelude=prelude)]
+    return subprocess.run([sys.executable, *code, *argv], capture_output=True, text=True, timeout=600)
+
+
+def adapter(run_dir):
+    """The run's adapter weights, by name."""
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def train_stopped_and_resumed(tmp_path, args, prelude="", stop_at=3):
+    """`lowtune *args` (a `train` command) three times, each in a child process: uninterrupted into
+    tmp_path/whole, stopped by SIGTERM at the end of step `stop_at` into tmp_path/runs, then resumed. Checks that
+    the stop kept a checkpoint of that step, that the resumed run went on from it (each step logged once; log every
+    step) and ends with the uninterrupted run's adapter (trained: its B matrices left their init at 0).
+    Returns (resumed run, uninterrupted run) directories."""
+    import torch
+
+    from lowtune.runs import RunDir
+
+    whole = lowtune(*args, f"output.dir={tmp_path / 'whole'}", prelude=prelude)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    stopped = lowtune(*args, f"output.dir={tmp_path / 'runs'}", stop_at=stop_at, signal="SIGTERM", prelude=prelude)
+    assert stopped.returncode == 143, stopped.stdout + stopped.stderr
+    (run,), (uninterrupted,) = (tmp_path / "runs").iterdir(), (tmp_path / "whole").iterdir()
+    assert RunDir(run).last_checkpoint().name == f"checkpoint-{stop_at}"
+    assert not (run / "adapter").exists()
+    resumed = lowtune("train", "--resume", str(run), "--quiet", prelude=prelude)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming {run} from {run / 'checkpoints' / f'checkpoint-{stop_at}'}" in resumed.stdout
+    steps = json.loads((uninterrupted / "summary.json").read_text())["steps"]
+    assert json.loads((run / "summary.json").read_text())["steps"] == steps
+    logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs if "loss" in r] == list(range(1, steps + 1))  # each step once: not rerun
+    ours, want = adapter(run), adapter(uninterrupted)
+    assert ours.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(ours[key], want[key], rtol=1e-4, atol=1e-6)
+    assert any(v.abs().max() > 0 for k, v in want.items() if "lora_B" in k)
+    return run, uninterrupted
+
+
+def check_plain_peft_adapter(adapter_dir):
+    """The adapter loads on its base with transformers and peft alone (nothing of lowtune) and changes the base's
+    logits."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_path = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(base_path)(input_ids=ids).logits
+        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), adapter_dir)
+        assert not torch.allclose(tuned(input_ids=ids).logits, base)

@@ -24,7 +24,7 @@ def test_defaults_without_a_file():
 @pytest.mark.parametrize("name", sorted(shipped_recipes()))
 def test_every_shipped_recipe_loads(name):
     recipe = load_recipe(shipped_recipes()[name])
-    assert recipe.method in ("sft", "grpo", "reward", "dpo", "ppo")
+    assert recipe.method in TRAIN_CONFIG_CLASSES
     assert recipe.model.name
     # The recipe's name says its method (gpu/ presets name it after the slash); toolformer is SFT after augmentation.
     said = name.split("/")[-1].split("-")[0]
@@ -209,8 +209,12 @@ def test_choices_are_documented_and_accepted_from_one_declaration():
 def test_every_method_has_its_train_config_class():
     for method in TRAIN_CONFIG_CLASSES:
         cls = train_config_class(method)
-        assert dataclasses.is_dataclass(cls) and cls.__name__.lower() == f"{method}config"
-        public = "lowtune.rl.config.PPOConfig" if method == "ppo" else f"trl.{cls.__name__}"
+        assert dataclasses.is_dataclass(cls) and cls.__name__.lower() == f"{method.replace('_', '')}config"
+        public = {
+            "ppo": "lowtune.rl.config.PPOConfig",
+            "orpo": "trl.experimental.orpo.ORPOConfig",
+            "online_dpo": "trl.experimental.online_dpo.OnlineDPOConfig",
+        }.get(method, f"trl.{cls.__name__}")
         assert explain(method)[-1] == ("train.*", "", f"any other field of {public}")
 
 

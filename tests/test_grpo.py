@@ -5,6 +5,7 @@ import pytest
 from lowtune import recipes
 from lowtune.config import REASONING_PROMPT, load_recipe
 from lowtune.errors import LowtuneError
+from tests.conftest import low_token_share
 
 
 def grpo_recipe(tmp_path, *overrides):
@@ -30,12 +31,6 @@ def test_grpo_runs_and_logs_every_reward(tmp_path):
     assert summary["rewards"] == {"accuracy_reward": 1.0, "format_reward": 0.5, "length_reward": 0.25}
     assert (run.adapter / "adapter_model.safetensors").is_file()
     assert summary["eval_before"]["n"] == 4 and summary["eval_after"]["n"] == 4
-
-
-def low_token_share(completions, completion_ids, **kwargs):
-    """Reward: the share of a completion's tokens with id below 96, a set of tokens tiny-random can learn to favour
-    (it earns no accuracy reward: every advantage would be 0)."""
-    return [sum(t < 96 for t in ids) / max(len(ids), 1) for ids in completion_ids]
 
 
 def test_grpo_raises_a_reward_tiny_random_can_earn(tmp_path, monkeypatch):

@@ -1,9 +1,6 @@
 """Killed or stopped runs resume to the same adapter; a NaN stops a run and keeps the last good checkpoint."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -13,6 +10,7 @@ from lowtune import recipes
 from lowtune.config import load_recipe
 from lowtune.errors import TrainingStopped
 from lowtune.runs import RunDir
+from tests.conftest import LEARNABLE_REWARD, adapter, lowtune, train_stopped_and_resumed
 
 OVERRIDES = [
     "model.name=tiny-random",
@@ -25,55 +23,6 @@ OVERRIDES = [
     "eval.task=null",
     "output.quiet=true",
 ]
-
-# Runs lowtune's CLI in a child process that sends itself SIGNAL at the end of step STEP.
-CHILD = textwrap.dedent(
-    """
-    import os, signal, sys
-    from transformers import TrainerCallback
-    import lowtune.training as training
-    from lowtune.cli import main
-
-    class Stop(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == {step}:
-                os.kill(os.getpid(), signal.{signal})
-
-    fit = training.fit
-    def fit_with_stop(trainer, *args):
-        trainer.add_callback(Stop())
-        return fit(trainer, *args)
-    training.fit = fit_with_stop
-    {prelude}
-    sys.exit(main(sys.argv[1:]))
-    """
-)
-
-# GRPO's reward in these runs (the child's prelude): the share of a completion's tokens with id below 96, which
-# tiny-random can learn to raise (tests/test_grpo.py). It earns no accuracy reward, so with the shipped rewards
-# every advantage would be 0 and the adapter would never leave its init.
-LEARNABLE_GRPO_REWARD = """
-import lowtune.recipes.grpo as grpo
-
-def low_token_share(completions, completion_ids, **kwargs):
-    return [sum(t < 96 for t in ids) / max(len(ids), 1) for ids in completion_ids]
-
-grpo.reward_functions = lambda recipe, max_completion_length: ([low_token_share], [1.0])
-"""
-
-
-def lowtune(*argv, stop_at=None, signal="SIGKILL", prelude=""):
-    """lowtune's CLI in a child process; `stop_at`: it sends itself `signal` at the end of that step; `prelude`:
-    code the child runs first."""
-    if stop_at is None and not prelude:
-        code = ["-m", "lowtune"]
-    else:
-        code = ["-c", CHILD.format(step=stop_at, signal=signal, prelude=prelude)]
-    return subprocess.run([sys.executable, *code, *argv], capture_output=True, text=True, timeout=600)
-
-
-def adapter(run_dir):
-    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -271,23 +220,9 @@ def test_every_trl_method_resumes_after_sigterm(tmp_path, separable_pairs, metho
         "grpo": ["data.n_train=48", "data.system_prompt=null", "train.num_generations=4",
                  "train.max_completion_length=8"],
     }[method]  # fmt: skip
-    args = ["train", method, *SMALL, *extra]  # the shipped recipe, made small
-    prelude = LEARNABLE_GRPO_REWARD if method == "grpo" else ""
-    whole = lowtune(*args, f"output.dir={tmp_path / 'whole'}", prelude=prelude)
-    assert whole.returncode == 0, whole.stdout + whole.stderr
-    stopped = lowtune(*args, f"output.dir={tmp_path / 'runs'}", stop_at=3, signal="SIGTERM", prelude=prelude)
-    assert stopped.returncode == 143, stopped.stdout + stopped.stderr
-    run = tmp_path / "runs" / method
-    assert RunDir(run).last_checkpoint().name == "checkpoint-3"
-    resumed = lowtune("train", "--resume", str(run), "--quiet", prelude=prelude)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    prelude = LEARNABLE_REWARD if method == "grpo" else ""
+    run, _ = train_stopped_and_resumed(tmp_path, ["train", method, *SMALL, *extra], prelude)  # the shipped recipe
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
-    ours, want = adapter(run), adapter(tmp_path / "whole" / method)
-    assert ours.keys() == want.keys()
-    for key in want:
-        torch.testing.assert_close(ours[key], want[key], rtol=1e-4, atol=1e-6)
-    # the adapter left its init (B = 0), so the equality above compares trained weights
-    assert any(v.abs().max() > 0 for k, v in want.items() if "lora_B" in k)
     if method == "grpo":  # the learnable reward was the one trained on, before and after the stop
         logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in logs if "rewards/low_token_share/mean" in r] == list(range(1, 7))

@@ -69,8 +69,14 @@ def explain(method: str | None = None, train_defaults: dict[str, Any] | None = N
 
 
 def _public_name(cls: type) -> str:
-    """`trl.SFTConfig` where the top-level package exports the class, else its full dotted name."""
+    """`trl.SFTConfig` where the top-level package exports the class, else the first package on its module's path
+    that imports it (`trl.experimental.orpo.ORPOConfig`), else its full dotted name."""
     top = cls.__module__.partition(".")[0]
     if getattr(sys.modules.get(top), cls.__name__, None) is cls:
         return f"{top}.{cls.__name__}"
+    parts = cls.__module__.split(".")
+    for package in (".".join(parts[:i]) for i in range(2, len(parts))):
+        module = sys.modules.get(package)
+        if module is not None and vars(module).get(cls.__name__) is cls:
+            return f"{package}.{cls.__name__}"
     return f"{cls.__module__}.{cls.__qualname__}"

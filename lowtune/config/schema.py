@@ -7,8 +7,10 @@ rules. A section's own `check` adds the rules that need a message of their own o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +53,40 @@ def _dpo_config() -> type:
     return DPOConfig
 
 
+def _kto_config() -> type:
+    from trl import KTOConfig
+
+    return KTOConfig
+
+
+def _rloo_config() -> type:
+    from trl import RLOOConfig
+
+    return RLOOConfig
+
+
+@contextlib.contextmanager
+def _experimental():
+    """Importing `trl.experimental` warns that its APIs may change; lowtune pins the TRL it tests (1.16.0)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You are importing from 'trl.experimental'")
+        yield
+
+
+def _orpo_config() -> type:
+    with _experimental():
+        from trl.experimental.orpo import ORPOConfig  # tested with TRL 1.16.0
+
+    return ORPOConfig
+
+
+def _online_dpo_config() -> type:
+    with _experimental():
+        from trl.experimental.online_dpo import OnlineDPOConfig  # tested with TRL 1.16.0
+
+    return OnlineDPOConfig
+
+
 def _ppo_config() -> type:
     from lowtune.rl.config import PPOConfig  # TRL 1.16 has no PPO: lowtune's own, a transformers TrainingArguments
 
@@ -65,7 +101,14 @@ TRAIN_CONFIG_CLASSES: dict[str, Callable[[], type]] = {
     "reward": _reward_config,
     "dpo": _dpo_config,
     "ppo": _ppo_config,
+    "kto": _kto_config,
+    "rloo": _rloo_config,
+    "orpo": _orpo_config,
+    "online_dpo": _online_dpo_config,
 }
+# The methods that sample completions of prompts and score them with the rule rewards: their `auto` system
+# prompt is the reasoning prompt.
+REASONING_METHODS = ("grpo", "rloo", "online_dpo")
 
 
 def train_config_class(method: str) -> type:
@@ -183,7 +226,7 @@ class ModelConfig(Section):
         default="auto",
     )
     logprob_kernel: str = _doc(
-        "per-token log-probs inside TRL's GRPO trainer",
+        "per-token log-probs inside TRL's GRPO and RLOO trainers",
         choices={
             "auto": "lowtune's token_logprobs on CPU, where its forward + backward took 1.48 s against 7.47 s for "
             "TRL's chunked path at the SmolLM2-135M shape, benchmarks/results/logprobs.md; TRL's own on CUDA",
@@ -227,15 +270,16 @@ class DataConfig(Section):
             "text": "",
             "prompt_answer": "",
             "gsm8k": "question + answer ending in `#### n`",
-            "preference": "reward/dpo: prompt, chosen, rejected",
-            "preference_implicit": "reward/dpo: chosen, rejected sharing a prompt",
-            "hh_rlhf": "reward/dpo: Human:/Assistant: transcripts",
+            "preference": "pairs (reward, dpo, orpo, kto): prompt, chosen, rejected",
+            "preference_implicit": "pairs: chosen, rejected sharing a prompt",
+            "hh_rlhf": "pairs: Human:/Assistant: transcripts",
+            "unpaired": "kto: prompt, completion, label (true: desirable, false: undesirable)",
         },
         default="auto",
     )
     system_prompt: str | None = _doc(
         "system message prepended to each prompt: `auto` (the think/answer reasoning prompt for "
-        "GRPO, none for SFT), null for none, or your own text",
+        "GRPO, RLOO and online DPO, none for the others), null for none, or your own text",
         default="auto",
     )
     subset: str | None = _doc("dataset configuration name for hub datasets", default=None)
@@ -243,8 +287,9 @@ class DataConfig(Section):
     split: str = _doc("split to train on (hub datasets and directories)", default="train")
     max_rows: int | None = _doc("use at most this many rows (after shuffling with seed)", default=None)
     heldout: int | float | None = _doc(
-        "reward/dpo: rows held out from the END of a data file for pairwise accuracy, never trained on "
-        "(a count, or a fraction below 1); default 10% up to 500. The arithmetic task uses its held-out problems",
+        "reward/dpo/orpo: rows held out from the END of a data file for pairwise accuracy, never trained on "
+        "(a count, or a fraction below 1); default 10% up to 500. The arithmetic task uses its held-out problems. "
+        "KTO trains on every row",
         default=None,
     )
     bad_rows: str = _doc(
@@ -388,7 +433,7 @@ class Recipe:
     def system_prompt(self) -> str | None:
         """The system message for prompts, with `auto` resolved per method."""
         if self.data.system_prompt == "auto":
-            return REASONING_PROMPT if self.method == "grpo" else None
+            return REASONING_PROMPT if self.method in REASONING_METHODS else None
         return self.data.system_prompt
 
     def check(self, at: At) -> None:

@@ -12,20 +12,24 @@ Formats (one table, `lowtune.data.formats`; docs/data.md shows each with an exam
 - `gsm8k`: {"question": str, "answer": "...reasoning... #### 72"}; GRPO gets the question and the
   number after `####`; SFT learns the reasoning (calculator annotations `<<48/2=24>>` removed).
 
-Preference pairs (`preference`, `preference_implicit`, `hh_rlhf`) for reward modeling and DPO are
-described in `lowtune.data.preference`.
+Preference pairs (`preference`, `preference_implicit`, `hh_rlhf`) for reward modeling, DPO and ORPO, and
+KTO's `unpaired` rows ({"prompt", "completion", "label": true/false}) are described in
+`lowtune.data.preference`.
 
 Every row is checked before training; all bad rows are reported as `file:line: field: problem`
 and nothing trains. A configured system prompt is prepended to prompts that have none.
 
 Modules: `readers` (data files), `rows` (rows from any source, `RowError` and `validate`), `formats`
 (the one format table and `detect_format`), `records` (`load`: rows with one reply), `preference`
-(`load_pairs`), `arithmetic` and `arithmetic_text` (the builtin tasks).
+(`load_pairs`, `load_unpaired`), `arithmetic` and `arithmetic_text` (the builtin tasks).
 """
 
 from lowtune.data.formats import FORMATS, KINDS, detect_format
-from lowtune.data.preference import Pairs, load_pairs
+from lowtune.data.preference import Pairs, Unpaired, load_pairs, load_unpaired
 from lowtune.data.records import load
 from lowtune.data.rows import RowError, read_rows, validate
 
-__all__ = ["FORMATS", "KINDS", "Pairs", "RowError", "detect_format", "load", "load_pairs", "read_rows", "validate"]
+__all__ = [
+    "FORMATS", "KINDS", "Pairs", "RowError", "Unpaired", "detect_format", "load", "load_pairs", "load_unpaired",
+    "read_rows", "validate",
+]  # fmt: skip

@@ -1,4 +1,5 @@
-"""Preference pairs ("this reply is better than that one") for reward modeling and DPO.
+"""Preference pairs ("this reply is better than that one") for reward modeling, DPO and ORPO, and KTO's
+unpaired rows ("this reply is desirable", "this one is not").
 
 Every format becomes one internal shape, TRL's conversational preference record with an explicit
 prompt: {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}.
@@ -16,10 +17,15 @@ prompt: {"prompt": [messages], "chosen": [assistant message], "rejected": [assis
 Held-out pairs for pairwise accuracy are the LAST rows of a file (by position, before any
 shuffling), so train and test never overlap and anyone can rebuild the split; for arithmetic
 they come from the task's held-out problems.
+
+KTO (`load_unpaired`) reads `unpaired` rows {"prompt", "completion", "label": true/false} (prompt and
+completion as for `preference`), or any of the pair formats above, each pair split into a desirable row (its
+chosen reply) and an undesirable one (its rejected reply).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +37,24 @@ from lowtune.data.rows import RowError, messages_field, present, read_rows, vali
 from lowtune.errors import LowtuneError
 
 DEFAULT_HELDOUT = (0.1, 500)  # 10% of the rows, at most 500
+# kind -> (what its data trains, what it needs)
+_NEEDS = {
+    "preference": (
+        "a reward model or DPO/ORPO",
+        "pairs in one of {} (fields prompt/chosen/rejected, or chosen/rejected)",
+    ),
+    "unpaired": ("KTO", "one of {} (fields prompt/completion/label, prompt/chosen/rejected, or chosen/rejected)"),
+}
 ARITHMETIC_HELDOUT = 100
+
+
+@dataclass
+class Unpaired:
+    train: Any  # datasets.Dataset of {"prompt": [messages], "completion": [assistant message], "label": bool}
+    format: str
+    desirable: int
+    undesirable: int
+    skipped: list[str] = field(default_factory=list)  # "where: problem" for rows dropped by bad_rows=skip
 
 
 @dataclass
@@ -49,37 +72,103 @@ def load_pairs(cfg: DataConfig, system_prompt: str | None = None) -> Pairs:
     if cfg.source == "arithmetic":
         train, heldout, fmt, skipped = _arithmetic_pairs(cfg), _arithmetic_heldout(cfg), "arithmetic", []
     else:
-        rows = list(read_rows(cfg))
-        if not rows:
-            raise LowtuneError(f"{cfg.source}: no rows to train on")
-        fmt = cfg.format if cfg.format != "auto" else detect_format(rows[0][1], rows[0][0], "preference")
-        if fmt not in KINDS["preference"]:
-            raise LowtuneError(
-                f"{cfg.source}: {fmt} data cannot train a reward model or DPO; it needs pairs in one of "
-                f"{', '.join(KINDS['preference'])} (fields prompt/chosen/rejected, or chosen/rejected)"
-            )
-        n_heldout = heldout_size(cfg.heldout, len(rows))
-        if n_heldout >= len(rows):
-            raise LowtuneError(
-                f"{cfg.source}: data.heldout={cfg.heldout} leaves no rows to train on ({len(rows)} rows)"
-            )
-        train_rows, heldout_rows = rows[: len(rows) - n_heldout], rows[len(rows) - n_heldout :]
-        if cfg.max_rows is not None and len(train_rows) > cfg.max_rows:
-            train_rows = random.Random(cfg.seed).sample(train_rows, cfg.max_rows)
-        # One validation pass over both parts, so every bad row is reported at once.
-        held = {id(row) for _, row in heldout_rows}
-        records, skipped = validate(
-            train_rows + heldout_rows, fmt, lambda row, f: (id(row) in held, _record(row, f)), cfg.bad_rows
+        rows, fmt = _rows(cfg, "preference")
+        train, heldout, skipped = _file_pairs(cfg, rows, fmt)
+    _add_system_prompt([*train, *heldout], system_prompt)
+    return Pairs(Dataset.from_list(train), Dataset.from_list(heldout) if heldout else None, fmt, skipped)
+
+
+def load_unpaired(cfg: DataConfig, system_prompt: str | None = None) -> Unpaired:
+    """KTO's data: unpaired rows {"prompt", "completion", "label"} from an unpaired file, or from preference
+    pairs, each split into a desirable and an undesirable row (`unpair`). Every row trains (no held-out part)."""
+    from datasets import Dataset
+
+    if cfg.source == "arithmetic":
+        rows, fmt, skipped = unpair(_arithmetic_pairs(cfg)), "arithmetic", []
+    else:
+        read, fmt = _rows(cfg, "unpaired")
+        if fmt == "unpaired":
+            rows, skipped = _file_unpaired(cfg, read)
+        else:
+            train, _, skipped = _file_pairs(dataclasses.replace(cfg, heldout=0), read, fmt)
+            rows = unpair(train)
+    _add_system_prompt(rows, system_prompt)
+    desirable = sum(r["label"] for r in rows)
+    return Unpaired(Dataset.from_list(rows), fmt, desirable, len(rows) - desirable, skipped)
+
+
+def unpair(pairs: list[dict]) -> list[dict]:
+    """Each pair as a desirable row (its chosen reply) and an undesirable one (its rejected reply).
+
+    TRL's KTO reads the rows in order, in batches, and estimates its KL term from each row's prompt with the
+    previous row's completion (a batch's first row with its last row's), so that completion should answer another
+    prompt. The labels alternate (a batch holds as many of each) and the undesirable rows run half the pairs
+    behind: desirable i, then undesirable i - n/2, so no row meets its own prompt (with 3 pairs or more, in
+    batches of up to n rows), nor a neighbouring pair's, which often shares it."""
+    rows, half = [], len(pairs) // 2
+    for i, pair in enumerate(pairs):
+        behind = pairs[i - half]
+        rows.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True})
+        rows.append({"prompt": behind["prompt"], "completion": behind["rejected"], "label": False})
+    return rows
+
+
+def _rows(cfg: DataConfig, kind: str) -> tuple[list[tuple[str, dict]], str]:
+    """A data file's (location, row) pairs and their format, one the method of `kind` reads."""
+    rows = list(read_rows(cfg))
+    if not rows:
+        raise LowtuneError(f"{cfg.source}: no rows to train on")
+    fmt = cfg.format if cfg.format != "auto" else detect_format(rows[0][1], rows[0][0], kind)
+    if fmt not in KINDS[kind]:
+        trains, needs = _NEEDS[kind]
+        raise LowtuneError(
+            f"{cfg.source}: {fmt} data cannot train {trains}; it needs {needs.format(', '.join(KINDS[kind]))}"
         )
-        train = [r for is_held, r in records if not is_held]
-        heldout = [r for is_held, r in records if is_held]
-        if not train:
-            raise LowtuneError(f"{cfg.source}: every training row was bad (listed above); nothing to train on")
+    return rows, fmt
+
+
+def _file_pairs(cfg: DataConfig, rows: list[tuple[str, dict]], fmt: str) -> tuple[list, list, list[str]]:
+    """(training records, held-out records, skipped rows) of a preference file's rows."""
+    n_heldout = heldout_size(cfg.heldout, len(rows))
+    if n_heldout >= len(rows):
+        raise LowtuneError(f"{cfg.source}: data.heldout={cfg.heldout} leaves no rows to train on ({len(rows)} rows)")
+    train_rows, heldout_rows = rows[: len(rows) - n_heldout], rows[len(rows) - n_heldout :]
+    if cfg.max_rows is not None and len(train_rows) > cfg.max_rows:
+        train_rows = random.Random(cfg.seed).sample(train_rows, cfg.max_rows)
+    # One validation pass over both parts, so every bad row is reported at once.
+    held = {id(row) for _, row in heldout_rows}
+    records, skipped = validate(
+        train_rows + heldout_rows, fmt, lambda row, f: (id(row) in held, _record(row, f)), cfg.bad_rows
+    )
+    train = [r for is_held, r in records if not is_held]
+    heldout = [r for is_held, r in records if is_held]
+    if not train:
+        raise LowtuneError(f"{cfg.source}: every training row was bad (listed above); nothing to train on")
+    return train, heldout, skipped
+
+
+def _file_unpaired(cfg: DataConfig, rows: list[tuple[str, dict]]) -> tuple[list[dict], list[str]]:
+    """(records, skipped rows) of an unpaired file, shuffled by data.seed: TRL's KTO reads its rows in order, and
+    a file sorted by label would give batches of one label."""
+    if cfg.max_rows is not None and len(rows) > cfg.max_rows:
+        rows = random.Random(cfg.seed).sample(rows, cfg.max_rows)
+    records, skipped = validate(rows, "unpaired", _unpaired_record, cfg.bad_rows)
+    labels = {r["label"] for r in records}
+    if len(labels) < 2:
+        only = "desirable (label true)" if True in labels else "undesirable (label false)"
+        raise LowtuneError(
+            f"KTO needs both desirable and undesirable examples: {cfg.source} has only {only} rows; "
+            "add rows with the other label"
+        )
+    random.Random(cfg.seed).shuffle(records)
+    return records, skipped
+
+
+def _add_system_prompt(records: list[dict], system_prompt: str | None) -> None:
     if system_prompt:
-        for r in [*train, *heldout]:
+        for r in records:
             if r["prompt"][0]["role"] != "system":
                 r["prompt"] = [{"role": "system", "content": system_prompt}, *r["prompt"]]
-    return Pairs(Dataset.from_list(train), Dataset.from_list(heldout) if heldout else None, fmt, skipped)
 
 
 def heldout_size(heldout: int | float | None, n_rows: int) -> int:
@@ -105,6 +194,20 @@ def _record(row: dict, fmt: str) -> dict:
     if chosen == rejected:
         raise RowError("field 'rejected' is identical to 'chosen': a pair must differ")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _unpaired_record(row: dict, fmt: str) -> dict:
+    return {"prompt": _prompt(row), "completion": _reply(row, "completion"), "label": _label(row)}
+
+
+def _label(row: dict) -> bool:
+    """An unpaired row's label: true (desirable) or false (undesirable); CSV's strings "true"/"false" too."""
+    value = present(row, "label")
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise RowError(f"field 'label' must be true (desirable) or false (undesirable), got {value!r}")
+    return value
 
 
 def _prompt(row: dict) -> list[dict]:

@@ -15,11 +15,14 @@ from lowtune import dist, models, training, ui
 from lowtune.config import Recipe
 from lowtune.errors import LowtuneError, did_you_mean
 from lowtune.placement import Placement
-from lowtune.recipes import dpo, grpo, ppo, reward, sft
+from lowtune.recipes import dpo, grpo, kto, online_dpo, orpo, ppo, reward, rloo, sft
 from lowtune.results import RunSummary
 from lowtune.runs import RunDir
 
-METHODS = {"sft": sft, "grpo": grpo, "reward": reward, "dpo": dpo, "ppo": ppo}
+METHODS = {
+    "sft": sft, "grpo": grpo, "reward": reward, "dpo": dpo, "ppo": ppo, "kto": kto, "rloo": rloo, "orpo": orpo,
+    "online_dpo": online_dpo,
+}  # fmt: skip
 SHIPPED = [
     Path(__file__).resolve().parent.parent / "shipped_recipes",  # inside an installed wheel
     Path(__file__).resolve().parent.parent.parent / "recipes",  # a source checkout
@@ -52,9 +55,10 @@ def train_defaults(method: str) -> dict[str, Any]:
     return {**training.TRAIN_DEFAULTS, **METHODS[method].TRAIN_DEFAULTS}
 
 
-def train(recipe: Recipe, resume: Path | None = None) -> tuple[RunDir, RunSummary]:
+def train(recipe: Recipe, resume: Path | None = None, plan: dict | None = None) -> tuple[RunDir, RunSummary]:
     """Create the run directory (or reopen `resume` at its last checkpoint), run the method, write
-    summary.json; returns (run, summary)."""
+    summary.json; returns (run, summary). `plan`: what `lowtune train --fit` planned, recorded with the peak
+    measured on CUDA."""
     from transformers import set_seed
 
     method = METHODS[recipe.method]
@@ -82,6 +86,9 @@ def train(recipe: Recipe, resume: Path | None = None) -> tuple[RunDir, RunSummar
             ui.say(f"removed {run.path}: the run stopped before saving anything")
         raise
     summary.placement, summary.processes = placement.to_dict(), dist.world_size()
+    if plan is not None:
+        measured = summary.fit.peak_memory_mb if placement.device.type == "cuda" else None  # max_memory_allocated
+        summary.plan = {**plan, "measured_tensor_peak_mb": measured}
     if dist.is_main():
         run.write_summary(summary.to_dict())
     return run, summary

@@ -54,13 +54,11 @@ def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSumma
 
 def make_trainer(recipe: Recipe, args, base, tokenizer, pairs: data.Pairs):
     """TRL's DPOTrainer on the bare base + a LoRA config: TRL wraps the base once and takes the
-    reference by switching the adapter off (no `ref` adapter copy, no second model)."""
+    reference by switching the adapter off (no `ref` adapter copy, no second model). The trainer
+    `lowtune plan` traces, too."""
     from trl import DPOTrainer
 
-    if pairs.heldout is not None:
-        # TRL reports eval metrics as the mean of per-batch means: equal batches make it the exact mean.
-        n, size = len(pairs.heldout), args.per_device_eval_batch_size
-        args.per_device_eval_batch_size = max(d for d in range(1, min(n, size) + 1) if n % d == 0)
+    training.exact_eval_batches(args, pairs.heldout)
     return DPOTrainer(
         model=base,
         args=args,
@@ -73,11 +71,4 @@ def make_trainer(recipe: Recipe, args, base, tokenizer, pairs: data.Pairs):
 
 def implicit_reward_accuracy(trainer) -> ImplicitRewardAccuracy:
     """Held-out pairs where beta * log(pi/ref) of the chosen reply beats the rejected one's (TRL's eval metrics)."""
-    metrics = trainer.evaluate()
-    return ImplicitRewardAccuracy(
-        n=len(trainer.eval_dataset),
-        accuracy=metrics["eval_rewards/accuracies"],
-        mean_margin=metrics["eval_rewards/margins"],
-        chosen_reward=metrics["eval_rewards/chosen"],
-        rejected_reward=metrics["eval_rewards/rejected"],
-    )
+    return ImplicitRewardAccuracy.from_metrics(trainer.evaluate(), len(trainer.eval_dataset))

@@ -9,13 +9,10 @@ that beat their group's mean (DeepSeekMath, Shao et al. 2024). TRL's loss varian
 
 from __future__ import annotations
 
-from lowtune import data, models, rewards, training, ui
+from lowtune import rewards, training
 from lowtune.config import Recipe
-from lowtune.errors import LowtuneError
-from lowtune.evaluate import heldout_accuracy
-from lowtune.kernels.trl import patched
 from lowtune.placement import Placement
-from lowtune.results import BeforeAfter, RunSummary
+from lowtune.results import RunSummary
 from lowtune.runs import RunDir
 
 # Defaults measured to learn on the builtin model in minutes (benchmarks/grpo_arithmetic.py).
@@ -33,29 +30,18 @@ TRAIN_DEFAULTS = dict(
 
 
 def reward_functions(recipe: Recipe, max_completion_length: int) -> tuple[list, list[float]]:
-    """The recipe's rule rewards with non-zero weight, and their weights (`rewards.*`)."""
-    cfg = recipe.rewards
-    return rewards.weighted_rewards(cfg.accuracy, cfg.format, cfg.length, cfg.length_max or max_completion_length)
+    """The recipe's rule rewards with non-zero weight, and their weights (`rewards.*`); an error when there are
+    none."""
+    return rewards.recipe_rewards(recipe.rewards, max_completion_length)
+
+
+def make_trainer(recipe: Recipe, args, model, tokenizer, dataset):
+    """TRL's GRPOTrainer with the recipe's weighted rule rewards (the trainer `lowtune plan` traces, too)."""
+    from trl import GRPOTrainer
+
+    funcs, args.reward_weights = reward_functions(recipe, args.max_completion_length)
+    return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
 def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSummary:
-    from trl import GRPOTrainer
-
-    model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say, placement=placement)
-    dataset = data.load(recipe.data, kind="prompt", system_prompt=recipe.system_prompt())
-    ui.say(f"{len(dataset)} prompts from {recipe.data.source}")
-
-    with model.disable_adapter():
-        before = heldout_accuracy(model, tokenizer, recipe, before=True)
-
-    funcs, weights = reward_functions(recipe, args.max_completion_length)
-    if not funcs:
-        raise LowtuneError("rewards: every weight is 0; give accuracy, format or length a weight")
-    args.reward_weights = weights
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
-    with patched(placement.logprob_kernel) as kernel:
-        fit = training.fit(trainer, run_dir, recipe, placement, lambda: heldout_accuracy(model, tokenizer, recipe))
-
-    after = heldout_accuracy(model, tokenizer, recipe)
-    details = {"logprob_kernel": kernel, "rewards": dict(zip([f.__name__ for f in funcs], weights, strict=True))}
-    return RunSummary("grpo", recipe.model.name, len(dataset), fit, details, heldout=BeforeAfter(before, after))
+    return training.fit_on_prompts("grpo", recipe, run_dir, placement, args, make_trainer)

@@ -29,9 +29,30 @@ TRAIN_DEFAULTS = dict(
 )
 
 
-def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSummary:
-    from lowtune.rl import ActorCritic, PPOTrainer
+def make_trainer(recipe: Recipe, args, policy, tokenizer, dataset, reward_dir=None):
+    """lowtune's PPOTrainer on `policy` (an ActorCritic) with the recipe's rewards (the trainer `lowtune plan`
+    traces, too)."""
+    from lowtune.rl import PPOTrainer
     from lowtune.scoring import conversation_encoder
+
+    cfg = recipe.rewards
+    length_max = cfg.length_max or args.max_new_tokens
+    funcs, weights = rewards.weighted_rewards(cfg.accuracy, cfg.format, cfg.length, length_max)
+    if not funcs and reward_dir is None:
+        raise LowtuneError(
+            "rewards: PPO needs a score: set rewards.model to a reward run, or give a rule reward a weight"
+        )
+    _require_columns(funcs, dataset)
+    stop = sorted({tokenizer.convert_tokens_to_ids(models.end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
+    encode = conversation_encoder(reward_dir, tokenizer) if reward_dir else None
+    return PPOTrainer(
+        model=policy, args=args, train_dataset=dataset, processing_class=tokenizer, reward_funcs=funcs,
+        reward_weights=weights, reward_encode=encode, stop_token_ids=stop,
+    )  # fmt: skip
+
+
+def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSummary:
+    from lowtune.rl import ActorCritic
 
     dist.refuse("PPO (lowtune train ppo)")
     reward_dir = _reward_adapter(recipe)
@@ -43,25 +64,13 @@ def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSumma
     with model.disable_adapter():
         before = heldout_accuracy(model, tokenizer, recipe, before=True)
 
-    cfg = recipe.rewards
-    length_max = cfg.length_max or args.max_new_tokens
-    funcs, weights = rewards.weighted_rewards(cfg.accuracy, cfg.format, cfg.length, length_max)
-    if not funcs and reward_dir is None:
-        raise LowtuneError(
-            "rewards: PPO needs a score: set rewards.model to a reward run, or give a rule reward a weight"
-        )
-    _require_columns(funcs, dataset)
     if recipe.lora.dropout > 0:
         ui.say(
             f"lora.dropout={recipe.lora.dropout} is off in PPO (as in TRL's PPO trainer): the rollout's log-probs "
             "and the loss's must come from the same policy"
         )
-    stop = sorted({tokenizer.convert_tokens_to_ids(models.end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
-    encode = conversation_encoder(reward_dir, tokenizer) if reward_dir else None
-    trainer = PPOTrainer(
-        model=policy, args=args, train_dataset=dataset, processing_class=tokenizer, reward_funcs=funcs,
-        reward_weights=weights, reward_encode=encode, stop_token_ids=stop,
-    )  # fmt: skip
+    trainer = make_trainer(recipe, args, policy, tokenizer, dataset, reward_dir)
+    funcs, weights = trainer.reward_funcs, trainer.reward_weights
     fit = training.fit(trainer, run_dir, recipe, placement, lambda: policy_accuracy(policy, tokenizer, recipe))
     after = policy_accuracy(policy, tokenizer, recipe)
     details = {

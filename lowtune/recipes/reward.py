@@ -36,11 +36,10 @@ TRAIN_DEFAULTS = dict(
 
 
 def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSummary:
-    from trl import RewardTrainer
-
     model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say, head="score", placement=placement)
     pairs = data.load_pairs(recipe.data, recipe.system_prompt())
-    train, cut = tokenize_pairs(pairs.train, tokenizer, args.max_length)
+    trainer, cut = make_trainer(recipe, args, model, tokenizer, pairs)
+    train = trainer.train_dataset
     heldout, heldout_cut = tokenize_pairs(pairs.heldout, tokenizer, args.max_length) if pairs.heldout else (None, 0)
     ui.say(
         f"{len(train)} training pairs, {len(heldout or [])} held-out pairs ({pairs.format}); "
@@ -48,13 +47,22 @@ def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSumma
     )
 
     before = pairwise_accuracy(model, heldout, tokenizer.pad_token_id, args.per_device_eval_batch_size)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
-    _score_head_in_compute_dtype(model, placement.dtype)
     fit = training.fit(trainer, run_dir, recipe, placement)
     after = pairwise_accuracy(model, heldout, tokenizer.pad_token_id, args.per_device_eval_batch_size)
     details = {"data_format": pairs.format, "truncated_sequences": cut + heldout_cut}
     return RunSummary("reward", recipe.model.name, len(train), fit, details, pairwise=BeforeAfter(before, after),
                       skipped_rows=pairs.skipped)  # fmt: skip
+
+
+def make_trainer(recipe: Recipe, args, model, tokenizer, pairs):
+    """(TRL's RewardTrainer on the tokenized training pairs, how many sequences max_length cut); the trainer
+    `lowtune plan` traces, too."""
+    from trl import RewardTrainer
+
+    train, cut = tokenize_pairs(pairs.train, tokenizer, args.max_length)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    _score_head_in_compute_dtype(model, model.get_input_embeddings().weight.dtype)  # the compute dtype
+    return trainer, cut
 
 
 def _score_head_in_compute_dtype(model, dtype) -> None:

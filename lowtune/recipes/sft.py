@@ -27,8 +27,6 @@ TRAIN_DEFAULTS = dict(learning_rate=2e-4, max_length=1024)
 
 
 def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSummary:
-    from trl import SFTTrainer
-
     model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say, placement=placement)
     dataset = data.load(recipe.data, kind="sft", system_prompt=recipe.system_prompt())
     ui.say(f"{len(dataset)} training rows from {recipe.data.source}")
@@ -39,12 +37,19 @@ def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSumma
     with model.disable_adapter():
         before = heldout_accuracy(model, tokenizer, recipe, before=True)
 
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = make_trainer(recipe, args, model, tokenizer, dataset)
     fit = training.fit(trainer, run_dir, recipe, placement, lambda: heldout_accuracy(model, tokenizer, recipe))
 
     after = heldout_accuracy(model, tokenizer, recipe)
     return RunSummary("sft", recipe.model.name, len(dataset), fit, heldout=BeforeAfter(before, after),
                       augmentation=augmented)  # fmt: skip
+
+
+def make_trainer(recipe: Recipe, args, model, tokenizer, dataset):
+    """TRL's SFTTrainer on the adapted model (the trainer `lowtune plan` traces, too)."""
+    from trl import SFTTrainer
+
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
 def _reply(record: dict) -> str:

@@ -1,0 +1,545 @@
+"""`lowtune plan`: a recipe's peak memory before the run, from one training step of the recipe's own TRL
+trainer traced on fake tensors (no GPU, no weights, nothing allocated), and `--fit`: the settings that fit.
+
+How: the model is built from its config with every weight a fake tensor (NF4 layers as bitsandbytes stores
+them, `trace.PlannedNF4Linear`); the method module builds its trainer on it, as `lowtune train` does; the
+worst batch the sampler can form comes from the recipe's real rows (the longest, after the trainer's own
+tokenization and `max_length`); one step runs (forward, backward, optimizer) under `trace.PeakTracker`, with
+the optimizer states made first so the step is a steady one. GRPO's generation is traced apart (prefill and
+decode steps with the KV cache, extrapolated to the full completion length, which grows it linearly) and the
+trainer's step then gets completions of the full length. What tracing cannot see is added from formulas with
+their sources (`budget.py`): the CUDA context and the allocator's reserve (on CPU: the process itself).
+
+`fit(recipe, memory)` searches the settings: the largest per-device batch whose plan fits, keeping the
+effective batch (per-device batch × gradient accumulation) and so GRPO's groups, gradient checkpointing only
+where needed; when nothing fits it names the smallest change that would, with its plan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lowtune import data, models
+from lowtune.config import Recipe
+from lowtune.errors import LowtuneError
+from lowtune.placement import Placement, resolve_dtype, resolve_logprob_kernel
+from lowtune.plan import budget
+from lowtune.plan.trace import (
+    CUDA_BLOCK,
+    PeakTracker,
+    as_on_cuda,
+    fake_mode,
+    materialize,
+    meta_model,
+    no_device_moves,
+)
+
+METHODS = ("sft", "dpo", "grpo", "reward", "ppo")
+MB = 2**20
+
+
+@dataclasses.dataclass
+class Part:
+    name: str
+    mb: float
+    how: str  # traced, or the formula's source
+
+
+@dataclasses.dataclass
+class Plan:
+    method: str
+    model: str
+    device: str  # cuda or cpu: where the run would compute
+    batch: int  # per-device batch (GRPO: completions per step)
+    length: int  # the longest sequence of the worst batch, in tokens
+    rows: int
+    cut_rows: int  # rows that max_length cuts
+    max_length: int | None
+    settings: dict[str, Any]  # the training settings the plan is for
+    parts: list[Part]  # what max_memory_allocated would show, part by part
+    overheads: list[Part]  # what else the device needs (CUDA context, allocator reserve)
+    memory_mb: float | None = None  # the budget, when given
+    seconds: float = 0.0
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def tensor_peak_mb(self) -> float:
+        """The predicted peak of the tensors (torch.cuda.max_memory_allocated on CUDA)."""
+        return sum(p.mb for p in self.parts)
+
+    @property
+    def total_mb(self) -> float:
+        return self.tensor_peak_mb + sum(p.mb for p in self.overheads)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.memory_mb is None else self.total_mb <= self.memory_mb
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return out | {"tensor_peak_mb": round(self.tensor_peak_mb, 1), "total_mb": round(self.total_mb, 1),
+                      "fits": self.fits}  # fmt: skip
+
+
+def target_placement(recipe: Recipe, device: str | None) -> Placement:
+    """The placement of the planned run: this machine's (`device` None), or CUDA / CPU as if there."""
+    cfg = recipe.model
+    if device is None:
+        return Placement.resolve(cfg)
+    if device not in ("cuda", "cpu"):
+        raise LowtuneError(f"--device {device}: choose cuda or cpu")
+    kind = torch.device(device)
+    dtype = getattr(torch, cfg.dtype) if cfg.dtype != "auto" else resolve_dtype(cfg, torch.device("cpu"))
+    if cfg.dtype == "auto" and device == "cuda":
+        dtype = torch.bfloat16  # GPUs from Ampere on; older ones get float16 (lowtune.placement.resolve_dtype)
+    quantization = cfg.quantization if cfg.quantization != "auto" else ("nf4" if device == "cuda" else "none")
+    checkpointing = cfg.gradient_checkpointing
+    checkpointing = device == "cuda" if checkpointing == "auto" else bool(checkpointing)
+    return Placement(kind, dtype, quantization, checkpointing, resolve_logprob_kernel(cfg.logprob_kernel, device))
+
+
+def plan(recipe: Recipe, device: str | None = None, memory_mb: float | None = None, say=None) -> Plan:
+    """Predict the peak memory of one training step of `recipe` on `device` (default: this machine's)."""
+    from transformers import AutoConfig
+
+    from lowtune import recipes, training
+    from lowtune.kernels.trl import patched
+    from lowtune.runs import RunDir
+
+    if recipe.method not in METHODS:
+        raise LowtuneError(f"lowtune plan: {recipe.method} is not planned yet; it plans {', '.join(METHODS)}")
+    began = time.perf_counter()
+    placement = target_placement(recipe, device)
+    path = models.resolve_path(recipe.model.name, say)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
+    tokenizer = models.load_tokenizer(path, recipe.model.trust_remote_code)
+    # The trace runs on CPU fake tensors; the trainer is told so, with the planned dtype.
+    traced = dataclasses.replace(placement, device=torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        args = training.trl_args(recipe, RunDir(Path(tmp)), traced, recipes.METHODS[recipe.method].TRAIN_DEFAULTS)
+    args.bf16 = placement.dtype == torch.bfloat16  # as on the planned device (CPU autocast stands in for CUDA's)
+    method = _METHODS[recipe.method]
+    rows = method.rows(recipe)
+    head = "score" if recipe.method == "reward" else "lm"
+    lora = models.peft_config(recipe.lora, "SEQ_CLS" if head == "score" else "CAUSAL_LM")
+    model = meta_model(config, placement, None if method.adapts else lora, head)
+    with no_device_moves():
+        trainer = method.trainer(recipe, args, model, tokenizer, rows)
+    mode = fake_mode()
+    materialize(trainer.model, mode)
+    block = CUDA_BLOCK if placement.device.type == "cuda" else 1
+    batch, length, cut = method.worst_batch(recipe, trainer, tokenizer, rows, mode)
+    kernel = placement.logprob_kernel if recipe.method == "grpo" else "trl"  # as the method runs (recipes/grpo.py)
+    on_cuda = as_on_cuda() if placement.device.type == "cuda" else contextlib.nullcontext()
+    with patched(kernel), _quiet("trl"), on_cuda:
+        parts, extra = _trace_step(trainer, mode, batch, block, method)
+    notes = []
+    if recipe.method == "sft" and recipe.augment.tools:
+        notes.append("Toolformer augmentation is not planned: annotated rows are longer than the rows planned")
+    overheads = budget.overheads(placement.device.type, sum(p.mb for p in parts))
+    settings = {
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "gradient_checkpointing": placement.gradient_checkpointing,
+        "quantization": placement.quantization,
+        "dtype": str(placement.dtype).removeprefix("torch."),
+        "lora_r": recipe.lora.r,
+        **extra,
+    }
+    return Plan(
+        method=recipe.method, model=recipe.model.name, device=placement.device.type,
+        batch=args.per_device_train_batch_size, length=length, rows=len(getattr(rows, "train", rows)),
+        cut_rows=cut, max_length=getattr(args, "max_length", None), settings=settings, parts=parts,
+        overheads=overheads, memory_mb=memory_mb, seconds=round(time.perf_counter() - began, 1), notes=notes,
+    )  # fmt: skip
+
+
+def _trace_step(trainer, mode, batch, block: int, method) -> tuple[list[Part], dict[str, Any]]:
+    """One steady training step under the tracker: its peak, split into what was alive at the peak."""
+    model = trainer.model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    with mode:
+        trainer.create_optimizer_and_scheduler(num_training_steps=max(trainer.args.max_steps, 1))
+        optimizer = trainer.optimizer
+        for p in trainable:  # one step with zero gradients makes the optimizer's states: a steady step follows
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    states = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    buffers = list(model.buffers())
+    tracker = PeakTracker(block)
+    tracker.hold([*frozen, *buffers, *trainable, *states])
+    extra: dict[str, Any] = {}
+    generation = None
+    with mode:
+        if method.generation is not None:
+            generation, extra = method.generation(trainer, tracker, batch)
+        trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
+        with tracker:
+            trainer.training_step(model, batch, None)
+            grads = [p.grad for p in trainable if p.grad is not None]
+            at_peak = set(tracker.at_peak)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    weights = " (NF4)" if any(t.dtype == torch.uint8 for t in buffers) else ""
+    if generation is not None and generation > tracker.peak:  # generating holds more than the step
+        extra["peak_phase"] = "generation"
+        alive = set(tracker.live)  # after the step: the weights and optimizer states, as during generation
+        held = [tracker.bytes_of(group, alive) for group in ([*frozen, *buffers], trainable, states)]
+        return [
+            Part("base weights" + weights, held[0] / MB, "traced"),
+            Part("LoRA weights", held[1] / MB, "traced"),
+            Part("optimizer states", held[2] / MB, "traced"),
+            Part("generation: KV cache and logits", (generation - sum(held)) / MB,
+                 "traced, extrapolated to the full completion length"),
+        ], extra  # fmt: skip
+    if generation is not None:
+        extra["generation_peak_mb"] = round(generation / MB, 1)
+    held = [tracker.bytes_of(group, at_peak) for group in ([*frozen, *buffers], trainable, grads, states)]
+    return [
+        Part("base weights" + weights, held[0] / MB, "traced"),
+        Part("LoRA weights", held[1] / MB, "traced"),
+        Part("LoRA gradients", held[2] / MB, "traced (alive at the peak)"),
+        Part("optimizer states", held[3] / MB, "traced"),
+        Part("activations, logits and temporaries", (tracker.peak - sum(held)) / MB, "traced (at the peak)"),
+    ], extra
+
+
+# ---------------------------------------------------------------- per method: rows, trainer, worst batch
+
+
+def _longest(lengths: list[int], n: int) -> list[int]:
+    """Indices of the `n` longest (the worst batch a sampler can form), longest first."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return order[: max(n, 1)]
+
+
+def _fake_batch(mode, batch: dict) -> dict:
+    with mode:
+        return {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class _Method:
+    """How `plan` handles a method: its rows, its trainer (the method module's own), its worst batch."""
+
+    adapts = False  # True: TRL puts the adapter on the bare base (else it comes with one, lowtune.models.load)
+    generation = None  # a function tracing the method's generation phase, if it has one
+
+
+class _SFT(_Method):
+    @staticmethod
+    def rows(recipe):
+        return data.load(recipe.data, kind="sft", system_prompt=recipe.system_prompt())
+
+    @staticmethod
+    def trainer(recipe, args, model, tokenizer, rows):
+        from lowtune.recipes import sft
+
+        return sft.make_trainer(recipe, args, model, tokenizer, rows)
+
+    @staticmethod
+    def worst_batch(recipe, trainer, tokenizer, rows, mode):
+        processed = trainer.train_dataset
+        lengths = [len(ids) for ids in processed["input_ids"]]
+        cut = _cut_rows(trainer.args.max_length, _sft_full_lengths(rows, tokenizer))
+        rows_ = [processed[i] for i in _longest(lengths, trainer.args.per_device_train_batch_size)]
+        batch = trainer.data_collator(rows_)
+        return _fake_batch(mode, batch), int(batch["input_ids"].shape[1]), cut
+
+
+def _sft_full_lengths(rows, tokenizer) -> list[int]:
+    """Tokens per row before any truncation, as the chat template renders it."""
+    out = []
+    for r in rows:
+        if "text" in r:
+            out.append(len(tokenizer(r["text"])["input_ids"]))
+        else:
+            prompt, completion = r["prompt"], r["completion"]
+            if isinstance(prompt, str):
+                out.append(len(tokenizer(prompt + completion)["input_ids"]))
+            else:
+                out.append(_template_length(tokenizer, prompt + completion))
+    return out
+
+
+def _template_length(tokenizer, messages: list[dict], generation_prompt: bool = False) -> int:
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                        add_generation_prompt=generation_prompt)["input_ids"]  # fmt: skip
+    return len(ids)
+
+
+def _cut_rows(max_length: int | None, lengths: list[int]) -> int:
+    return 0 if max_length is None else sum(n > max_length for n in lengths)
+
+
+class _DPO(_Method):
+    adapts = True  # lowtune.recipes.dpo
+
+    @staticmethod
+    def rows(recipe):
+        return data.load_pairs(recipe.data, recipe.system_prompt())
+
+    @staticmethod
+    def trainer(recipe, args, model, tokenizer, pairs):
+        from lowtune.recipes import dpo
+
+        return dpo.make_trainer(recipe, args, model, tokenizer, pairs)
+
+    @staticmethod
+    def worst_batch(recipe, trainer, tokenizer, pairs, mode):
+        processed = trainer.train_dataset
+        triples = zip(processed["prompt_ids"], processed["chosen_ids"], processed["rejected_ids"], strict=True)
+        lengths = [len(p) + max(len(c), len(r)) for p, c, r in triples]
+        rows_ = [processed[i] for i in _longest(lengths, trainer.args.per_device_train_batch_size)]
+        batch = trainer.data_collator(rows_)  # it truncates to max_length, as in training
+        width = max(v.shape[-1] for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() == 2)
+        return _fake_batch(mode, batch), int(width), _cut_rows(trainer.args.max_length, lengths)
+
+
+class _Reward(_Method):
+    @staticmethod
+    def rows(recipe):
+        return data.load_pairs(recipe.data, recipe.system_prompt())
+
+    @staticmethod
+    def trainer(recipe, args, model, tokenizer, pairs):
+        from lowtune.recipes import reward
+
+        return reward.make_trainer(recipe, args, model, tokenizer, pairs)[0]
+
+    @staticmethod
+    def worst_batch(recipe, trainer, tokenizer, pairs, mode):
+        from lowtune.recipes import reward
+
+        processed = trainer.train_dataset
+        rows_ = [processed[i] for i in _longest(list(processed["length"]), trainer.args.per_device_train_batch_size)]
+        batch = trainer.data_collator(rows_)
+        width = max(v.shape[-1] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() == 2)
+        _, cut = reward.tokenize_pairs(pairs.train, tokenizer, trainer.args.max_length)  # sequences kept by their end
+        return _fake_batch(mode, batch), int(width), cut
+
+
+class _GRPO(_Method):
+    @staticmethod
+    def rows(recipe):
+        return data.load(recipe.data, kind="prompt", system_prompt=recipe.system_prompt())
+
+    @staticmethod
+    def trainer(recipe, args, model, tokenizer, rows):
+        from lowtune.recipes import grpo
+
+        trainer = grpo.make_trainer(recipe, args, model, tokenizer, rows)
+        completion = args.max_completion_length
+        filler = _filler_token(tokenizer)
+
+        def full_length_completions(prompt_ids, images, multimodal_fields, num_generations, **kwargs):
+            # the worst case: every completion runs to max_completion_length (never stops early)
+            return [[filler] * completion for _ in prompt_ids], None
+
+        trainer._generate_single_turn = full_length_completions
+        return trainer
+
+    @staticmethod
+    def worst_batch(recipe, trainer, tokenizer, rows, mode):
+        lengths = [_template_length(tokenizer, r["prompt"], generation_prompt=True) for r in rows]
+        longest = rows[_longest(lengths, 1)[0]]
+        size = trainer.args.per_device_train_batch_size * trainer.args.steps_per_generation
+        return [dict(longest) for _ in range(size)], max(lengths) + trainer.args.max_completion_length, 0
+
+    @staticmethod
+    def generation(trainer, tracker, batch):
+        """The peak of generating the whole generation batch: a prefill of the longest prompt, then decode steps
+        on the growing KV cache, traced for two lengths and extrapolated linearly to max_completion_length."""
+        prompt = _template_length(trainer.processing_class, batch[0]["prompt"], generation_prompt=True)
+        n, completion = len(batch), trainer.args.max_completion_length
+        peaks = []
+        for steps in (2, 4):
+            peaks.append(_generation_peak(trainer.model, tracker, n, prompt, steps))
+        slope = (peaks[1] - peaks[0]) / 2
+        return int(peaks[1] + slope * max(completion - 4, 0)), {
+            "num_generations": trainer.args.num_generations,
+            "generation_batch": n,
+            "prompt_tokens": prompt,
+            "max_completion_length": completion,
+        }
+
+
+def _generation_peak(model, tracker: PeakTracker, n: int, prompt: int, steps: int) -> int:
+    """The tracker's peak (with what it already holds) over a prefill and `steps` decode steps, as
+    transformers' generate runs them (the cache grows by one token a step, logits of the last token only)."""
+    sub = PeakTracker(tracker.block)
+    sub.current = sub.peak = tracker.current
+    unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with torch.no_grad(), sub:
+        ids = torch.zeros(n, prompt, dtype=torch.long)
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        for _ in range(steps):
+            step = torch.zeros(n, 1, dtype=torch.long)
+            out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+        del out, cache
+    del unwrapped
+    return sub.peak
+
+
+def _filler_token(tokenizer) -> int:
+    """A token that is not an end of turn (so the planned completions never stop early)."""
+    specials = set(tokenizer.all_special_ids)
+    return next(i for i in range(len(tokenizer)) if i not in specials)
+
+
+class _PPO(_Method):
+    @staticmethod
+    def rows(recipe):
+        if recipe.rewards.model is not None:
+            raise LowtuneError("lowtune plan: PPO with a reward model (rewards.model) is not planned yet")
+        return data.load(recipe.data, kind="prompt", system_prompt=recipe.system_prompt())
+
+    @staticmethod
+    def trainer(recipe, args, model, tokenizer, rows):
+        from lowtune.recipes import ppo
+        from lowtune.rl import ActorCritic
+
+        policy = ActorCritic.build(model)
+        trainer = ppo.make_trainer(recipe, args, policy, tokenizer, rows)
+        filler = _filler_token(tokenizer)
+
+        def full_length(input_ids, max_new_tokens, **kwargs):
+            # the worst case: every response runs to max_new_tokens (never stops early)
+            tail = torch.full((input_ids.shape[0], max_new_tokens), filler, dtype=input_ids.dtype)
+            return torch.cat([input_ids, tail], dim=1)
+
+        policy.peft.generate = full_length
+        return trainer
+
+    @staticmethod
+    def worst_batch(recipe, trainer, tokenizer, rows, mode):
+        lengths = [_template_length(tokenizer, r["prompt"], generation_prompt=True) for r in rows]
+        longest = rows[_longest(lengths, 1)[0]]
+        return [dict(longest) for _ in range(trainer.args.rollout_size)], max(lengths) + trainer.args.max_new_tokens, 0
+
+    @staticmethod
+    def generation(trainer, tracker, batch):
+        """A rollout's generation: all `rollout_size` prompts at once (lowtune.rl.ppo), traced as for GRPO."""
+        from lowtune.rl.model import POLICY
+
+        prompt = _template_length(trainer.processing_class, batch[0]["prompt"], generation_prompt=True)
+        n, new = len(batch), trainer.args.max_new_tokens
+        trainer.model.activate(POLICY)
+        peaks = [_generation_peak(trainer.model.peft, tracker, n, prompt, steps) for steps in (2, 4)]
+        slope = (peaks[1] - peaks[0]) / 2
+        return int(peaks[1] + slope * max(new - 4, 0)), {
+            "rollout_size": n,
+            "prompt_tokens": prompt,
+            "max_new_tokens": new,
+        }
+
+
+_METHODS = {"sft": _SFT, "dpo": _DPO, "grpo": _GRPO, "reward": _Reward, "ppo": _PPO}
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """The library's warnings about the fake values of a traced step (e.g. rewards of fake completions) are
+    noise to the planner."""
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# ---------------------------------------------------------------- fitting a budget
+
+
+@dataclasses.dataclass
+class Fit:
+    overrides: list[str]  # what to add to the recipe (empty: it fits as it is)
+    plan: Plan  # the plan of the recipe with them
+    tried: list[dict[str, Any]]  # each candidate: its settings and predicted total
+
+
+def fit(path: Path | None, overrides: list[str], memory_mb: float, device: str | None = None, say=None) -> Fit:
+    """The settings under which the recipe at `path` (with `overrides`) fits in `memory_mb` on `device`, as
+    further overrides; see the module doc."""
+    from lowtune.config import load_recipe
+
+    tried: list[dict[str, Any]] = []
+
+    def attempt(extra: list[str]) -> Plan:
+        p = plan(load_recipe(path, [*overrides, *extra]), device, memory_mb, say)
+        tried.append({"overrides": extra, "total_mb": round(p.total_mb, 1), "fits": p.fits})
+        return p
+
+    current = attempt([])
+    if current.fits:
+        return Fit([], current, tried)
+    batch = current.settings["per_device_train_batch_size"]
+    effective = batch * current.settings["gradient_accumulation_steps"]
+    sizes = [b for b in range(batch, 0, -1) if effective % b == 0]  # b × (effective / b): the same effective batch
+    generations = current.settings.get("num_generations")
+    per_generation = load_recipe(path, overrides).train.get("steps_per_generation")
+    if generations and per_generation:  # GRPO generates b × steps_per_generation completions in whole groups
+        sizes = [b for b in sizes if b * per_generation % generations == 0]
+    gc_now = current.settings["gradient_checkpointing"]
+    for gc in [gc_now] if gc_now else [False, True]:  # checkpointing only where needed
+
+        def settings(b, gc=gc):
+            out = [f"train.per_device_train_batch_size={b}", f"train.gradient_accumulation_steps={effective // b}"]
+            return out + ([] if gc == gc_now else [f"model.gradient_checkpointing={str(gc).lower()}"])
+
+        chosen = _largest_fitting(sizes, settings, attempt)
+        if chosen is not None:
+            return Fit(chosen[1], chosen[0], tried)
+    raise LowtuneError(_nothing_fits(load_recipe(path, overrides), current, memory_mb, effective, attempt))
+
+
+def _largest_fitting(sizes: list[int], settings, attempt) -> tuple[Plan, list[str]] | None:
+    """Binary search over `sizes` (descending) for the largest whose plan fits: memory grows with the batch."""
+    lo, hi, best = 0, len(sizes) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        extra = settings(sizes[mid])
+        p = attempt(extra)
+        if p.fits:
+            best, hi = (p, extra), mid - 1
+        else:
+            lo = mid + 1
+    return best
+
+
+def _nothing_fits(recipe: Recipe, current: Plan, memory_mb: float, effective: int, attempt) -> str:
+    """The one-line error when no batch fits: the smallest single changes that would, each with its plan."""
+    smallest = ["train.per_device_train_batch_size=1", f"train.gradient_accumulation_steps={effective}",
+                "model.gradient_checkpointing=true"]  # fmt: skip
+    changes = []
+    if current.max_length and current.length > 64:
+        changes.append(("max_length halved", [f"train.max_length={current.max_length // 2}"]))
+    if current.settings["quantization"] != "nf4":
+        changes.append(("NF4 (QLoRA)", ["model.quantization=nf4"]))
+    if recipe.lora.r > 4:
+        changes.append((f"LoRA rank {recipe.lora.r // 2}", [f"lora.r={recipe.lora.r // 2}"]))
+    found = []
+    for what, extra in changes:
+        p = attempt([*smallest, *extra])
+        found.append(
+            f"{what} ({' '.join(extra)}): {p.total_mb / 1024:.2f} GiB" + ("" if p.fits else ", still too much")
+        )
+    best = f" Single changes, each with batch 1 and checkpointing: {'; '.join(found)}." if found else ""
+    return (
+        f"{recipe.method} does not fit in {memory_mb / 1024:.2f} GiB even with a per-device batch of 1 and gradient "
+        f"checkpointing (planned {current.total_mb / 1024:.2f} GiB as it is).{best} Nothing was changed."
+    )
