@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         "planned peak fits in MEMORY, e.g. 8GiB (`lowtune plan` shows the plan)",
     )
     p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a quick check that the recipe runs end to end: 2 steps, 2 held-out problems, no time budget, short "
+        "samples; saved as usual and marked as a smoke run in summary.json",
+    )
+    p.add_argument(
         "--num-processes",
         type=int,
         metavar="N",
@@ -77,13 +83,19 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("eval", help="greedy accuracy on a held-out verifiable task")
     p.add_argument("model", help="run directory, adapter directory, builtin name, local model or hub id")
-    p.add_argument("--task", default="arithmetic", choices=["arithmetic"])
-    p.add_argument("--n", type=int, default=100, help="number of held-out problems")
+    p.add_argument("--task", default="arithmetic", choices=["arithmetic", "multistep", "gsm8k"])
+    p.add_argument("--n", type=int, default=100, help="number of held-out problems (gsm8k: the file's first N rows)")
     p.add_argument("--digits", type=int, default=2)
-    p.add_argument("--operations", default="+", help="comma-separated, from + - *")
-    p.add_argument("--operands", type=int, default=2, choices=[2, 3, 4])
+    p.add_argument("--operations", default="+", help="arithmetic: comma-separated, from + - *")
+    p.add_argument("--operands", type=int, default=2, choices=[2, 3, 4], help="arithmetic: operands per problem")
+    p.add_argument("--steps", type=int, default=3, choices=[2, 3, 4], help="multistep: operations per problem")
+    p.add_argument("--data", metavar="FILE", help="gsm8k: GSM8K rows (question, answer ending in '#### n')")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="generation budget per answer (default: arithmetic 32, multistep 128, gsm8k 256)",
+    )
     p.add_argument("--show", type=int, default=3, help="print this many example replies")
 
     p = sub.add_parser("score", help="score conversations with a trained reward model")
@@ -188,6 +200,14 @@ def cmd_train(args) -> int:
         run_dir = RunDir.latest(recipe) if args.resume else None
     else:
         raise LowtuneError("lowtune train needs a recipe (e.g. `lowtune train sft`) or --resume RUN_DIR")
+    if args.smoke:
+        if run_dir is not None:
+            raise LowtuneError("--smoke starts a new run: drop --resume")
+        smoke = smoke_overrides(recipe)
+        overrides += smoke
+        recipe = load_recipe(path, overrides)
+        recipe.output.name = recipe.output.name or path.stem
+        ui.say(f"smoke run: {' '.join(smoke)}")
     if args.quiet:
         recipe.output.quiet = True
     planned = None
@@ -206,9 +226,38 @@ def cmd_train(args) -> int:
         else:
             ui.say(f"--fit {args.fit}: the recipe fits as it is (planned {found.plan.total_mb / 1024:.2f} GiB)")
         planned = {"memory": args.fit, "overrides": found.overrides, **found.plan.to_dict()}
-    run, summary = recipes.train(recipe, resume=run_dir, plan=planned)
+    run, summary = recipes.train(recipe, resume=run_dir, plan=planned, smoke=args.smoke)
     ui.run_summary(run.path, summary)
+    if args.smoke:
+        ui.say(f"smoke run: the recipe ran end to end ({summary.fit.steps} steps); its scores mean nothing")
     return 0
+
+
+SMOKE_TOKENS = 16  # the length of a smoke run's sampled completions and held-out answers
+SMOKE_ROWS = 8  # the rows a smoke run's Toolformer augmentation annotates
+
+
+def smoke_overrides(recipe) -> list[str]:
+    """`lowtune train --smoke`: the overrides that make `recipe` a quick end-to-end check. 2 steps, 2 held-out
+    problems answered in at most SMOKE_TOKENS tokens (and 2 held-out pairs for reward, DPO and ORPO), no periodic
+    evaluation or time budget; the methods that sample (GRPO, RLOO, online DPO, PPO) sample at most SMOKE_TOKENS
+    tokens too, and Toolformer annotates SMOKE_ROWS rows (it annotates every training row before the first step)."""
+    import dataclasses
+
+    from lowtune import recipes
+    from lowtune.config import REASONING_METHODS, train_config_class
+
+    out = ["train.max_steps=2", "eval.n=2", f"eval.max_new_tokens={min(recipe.eval.max_new_tokens, SMOKE_TOKENS)}",
+           "eval.every_minutes=null", "budget.minutes=null", "data.heldout=2"]  # fmt: skip
+    if recipe.method in (*REASONING_METHODS, "ppo"):
+        fields = {f.name: f.default for f in dataclasses.fields(train_config_class(recipe.method))}
+        settings = {**fields, **recipes.train_defaults(recipe.method), **recipe.train}
+        for key in ("max_completion_length", "max_new_tokens"):
+            if settings.get(key) is not None:
+                out.append(f"train.{key}={min(settings[key], SMOKE_TOKENS)}")
+    if recipe.augment.tools:
+        out.append(f"data.max_rows={min(recipe.data.max_rows or SMOKE_ROWS, SMOKE_ROWS)}")
+    return out
 
 
 def cmd_plan(args) -> int:
@@ -346,19 +395,27 @@ def cmd_eval(args) -> int:
     operations = [op.strip() for op in args.operations.split(",") if op.strip()]
     if not operations or any(op not in ("+", "-", "*") for op in operations):
         raise LowtuneError(f"--operations {args.operations!r}: use a comma-separated list of +, -, *")
-    model, tokenizer, name = models.load_for_inference(args.model, args.device, say=ui.say)
-    result = evaluate.arithmetic_accuracy(
-        model, tokenizer, args.n, args.digits, operations, args.max_new_tokens, operands=args.operands
+    if args.task == "gsm8k" and not args.data:
+        raise LowtuneError(
+            "--task gsm8k scores a file: give --data FILE of GSM8K rows (question, answer ending in '#### n')"
+        )
+    # The problems first: a bad file stops before the model loads.
+    problems = evaluate.heldout_problems(
+        args.task, args.n, args.digits, operations, args.operands, args.steps, args.data
     )
+    max_new_tokens = args.max_new_tokens or {"arithmetic": 32, "multistep": 128, "gsm8k": 256}[args.task]
+    model, tokenizer, name = models.load_for_inference(args.model, args.device, say=ui.say)
+    result = evaluate.accuracy(model, tokenizer, problems, max_new_tokens)
     rows = [[q, r.strip().replace("\n", " ")[:60], str(ref)] for q, r, ref in result.examples[: args.show]]
     ui.table("examples", ["question", "reply", "reference"], rows)
+    described = {
+        "arithmetic": f"{result.n} held-out, {args.digits} digit(s), {' '.join(operations)}",
+        "multistep": f"{result.n} held-out, {args.steps} steps, {args.digits} digit(s)",
+        "gsm8k": f"the first {result.n} rows of {args.data}",
+    }[args.task]
     ui.summary_table(
         f"lowtune eval: {args.task}",
-        [
-            ("model", name),
-            ("problems", f"{result.n} held-out, {args.digits} digit(s), {' '.join(operations)}"),
-            ("accuracy", f"{result.accuracy:.1%}"),
-        ],
+        [("model", name), ("problems", described), ("accuracy", f"{result.accuracy:.1%}")],
     )
     return 0
 

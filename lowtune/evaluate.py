@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from lowtune.config import Recipe
-from lowtune.data import arithmetic
+from lowtune.data import arithmetic, gsm8k, multistep
 from lowtune.errors import LowtuneError
 from lowtune.results import HeldoutAccuracy
 from lowtune.rewards import extract_answer, to_number
@@ -121,6 +121,33 @@ def accuracy(
     return EvalResult(correct / len(problems), len(problems), examples, calls)
 
 
+def heldout_problems(
+    task: str,
+    n: int,
+    digits: int = 2,
+    operations: list[str] | None = None,
+    operands: int = 2,
+    steps: int = 3,
+    data: str | None = None,
+) -> list:
+    """The first `n` problems of held-out task `task` (each with `question` and `answer`): `arithmetic` (digits,
+    operations, operands), `word_problems` (digits), `multistep` (digits, steps) or `gsm8k` (the rows of file
+    `data`)."""
+    if task == "arithmetic":
+        return arithmetic.heldout(n, digits, operations, operands)
+    if task == "word_problems":
+        from lowtune.data.arithmetic_text import word_problems
+
+        return word_problems(n, digits)
+    if task == "multistep":
+        return multistep.heldout(n, digits, steps)
+    if task == "gsm8k":
+        if not data:
+            raise LowtuneError("the gsm8k task scores a file: give GSM8K rows (question, answer ending in '#### n')")
+        return gsm8k.problems(data, n)
+    raise LowtuneError(f"eval.task {task!r} is unknown; use arithmetic, word_problems, multistep, gsm8k or null")
+
+
 def heldout_accuracy(model, tokenizer, recipe: Recipe, before: bool = False) -> HeldoutAccuracy | None:
     """Greedy accuracy on the recipe's held-out task, or None when `eval.task` is null (or, for the
     score `before` training, when `eval.before` is off). With several processes the main one scores."""
@@ -132,15 +159,10 @@ def heldout_accuracy(model, tokenizer, recipe: Recipe, before: bool = False) -> 
         return None
     common = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, system_prompt=recipe.system_prompt(),
                   tools=[load_tool(t) for t in cfg.tools])  # fmt: skip
-    digits = cfg.digits or recipe.data.digits
-    if cfg.task == "arithmetic":
-        result = arithmetic_accuracy(model, tokenizer, n=cfg.n, digits=digits,
-                                     operations=cfg.operations or recipe.data.operations,
-                                     operands=cfg.operands or recipe.data.operands, **common)  # fmt: skip
-    elif cfg.task == "word_problems":
-        result = word_problem_accuracy(model, tokenizer, n=cfg.n, digits=digits, **common)
-    else:
-        raise LowtuneError(f"eval.task {cfg.task!r} is unknown; use arithmetic, word_problems or null")
+    data = recipe.data
+    problems = heldout_problems(cfg.task, cfg.n, cfg.digits or data.digits, cfg.operations or data.operations,
+                                cfg.operands or data.operands, cfg.steps or data.steps, cfg.data)  # fmt: skip
+    result = accuracy(model, tokenizer, problems, **common)
     return HeldoutAccuracy(
         task=cfg.task, n=result.n, accuracy=result.accuracy, example=result.examples[0][1],
         tools=list(cfg.tools) or None, replies_with_a_call=result.replies_with_a_call if cfg.tools else None,

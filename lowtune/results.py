@@ -112,6 +112,7 @@ class RunSummary(Mapping):
     placement: dict[str, Any] | None = None  # set by `recipes.train`
     processes: int = 1
     plan: dict[str, Any] | None = None  # `lowtune train --fit`: the plan, and on CUDA the peak measured
+    smoke: bool = False  # `lowtune train --smoke`: 2 steps and 2 held-out problems, a check that the recipe runs
 
     def to_dict(self) -> dict[str, Any]:
         """summary.json."""
@@ -134,6 +135,8 @@ class RunSummary(Mapping):
         out |= {"placement": self.placement, "processes": self.processes}
         if self.plan is not None:
             out["plan"] = self.plan
+        if self.smoke:
+            out["smoke"] = True
         return out
 
     def __getitem__(self, key: str) -> Any:

@@ -192,3 +192,17 @@ def fit_on_prompts(method: str, recipe: Recipe, run: RunDir, placement: Placemen
     weights = dict(zip([f.__name__ for f in trainer.reward_funcs], args.reward_weights, strict=True))
     details = {"logprob_kernel": kernel, "rewards": weights}
     return RunSummary(method, recipe.model.name, len(dataset), measured, details, heldout=BeforeAfter(before, after))
+
+
+def bare_base(recipe: Recipe, placement: Placement, method: str, needs: str):
+    """(base, tokenizer) for a preference method that hands TRL the bare base and a LoRA config (TRL puts the
+    adapter on and takes the reference by switching it off). `needs`: the outputs of TRL's log-prob function
+    the method's metrics use, which lowtune's kernel does not compute, so `model.logprob_kernel=lowtune` is
+    refused with them named."""
+    if recipe.model.logprob_kernel == "lowtune":
+        raise LowtuneError(
+            f"model.logprob_kernel=lowtune: {method}'s metrics need {needs}, which lowtune's kernel does not "
+            f"compute; {method} uses TRL's chunked log-probs (set auto or trl)"
+        )
+    base, tokenizer = models.load(recipe.model, say=ui.say, placement=placement)
+    return models.prepare_quantized(base, placement.gradient_checkpointing), tokenizer

@@ -90,8 +90,8 @@ def summary_table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c)
+    for i, c in enumerate(columns):
+        t.add_column(c, no_wrap=i == 0)  # the first column names things (recipes, fields): copied whole
     for r in rows:
         t.add_row(*r)
     console.print(t)

@@ -17,6 +17,7 @@ Importing this package does not import trl: a method's config class is imported 
 from lowtune.config.explain import explain
 from lowtune.config.load import load_recipe
 from lowtune.config.schema import (
+    REASONING_METHODS,
     REASONING_PROMPT,
     SECTIONS,
     TRAIN_CONFIG_CLASSES,
@@ -34,6 +35,7 @@ from lowtune.config.schema import (
 )
 
 __all__ = [
+    "REASONING_METHODS",
     "REASONING_PROMPT",
     "SECTIONS",
     "TRAIN_CONFIG_CLASSES",

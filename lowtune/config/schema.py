@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import typing
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -256,9 +257,10 @@ class LoraConfig(Section):
 @dataclass
 class DataConfig(Section):
     source: str = _doc(
-        "builtin task (`arithmetic`; `arithmetic-text`: short stories with 3-digit arithmetic, each the reply "
-        "to the word problem it answers, for Toolformer), local file (.jsonl/.json/.csv/.parquet) or directory, "
-        "or Hugging Face dataset name",
+        "builtin task (`arithmetic`; `multistep`: 3 to 5 operands with precedence and parentheses, each reply a "
+        "worked trace <think>14 × 3 = 42. 23 + 42 = 65.</think><answer>65</answer>; `arithmetic-text`: short "
+        "stories with 3-digit arithmetic, each the reply to the word problem it answers, for Toolformer), local "
+        "file (.jsonl/.json/.csv/.parquet) or directory, or Hugging Face dataset name",
         default="arithmetic",
     )
     format: str = _doc(
@@ -301,12 +303,24 @@ class DataConfig(Section):
         default="error",
     )
     seed: int = _doc("seed for the builtin task and row shuffling", default=0)
-    n_train: int = _doc("arithmetic, arithmetic-text: number of training problems", positive=True, default=2000)
-    digits: int = _doc("arithmetic, arithmetic-text: digits per operand", between=(1, 6), default=2)
+    n_train: int = _doc(
+        "arithmetic, multistep, arithmetic-text: number of training problems", positive=True, default=2000
+    )
+    digits: int = _doc(
+        "arithmetic, arithmetic-text: digits per operand; multistep: of the numbers added and subtracted (a "
+        "factor of × has one digit)",
+        between=(1, 6),
+        default=2,
+    )
     operations: list[str] = _doc(
         "operations the arithmetic task draws from", choices=OPERATIONS, default_factory=lambda: ["+"]
     )
     operands: int = _doc("arithmetic: operands per problem", between=(2, 4), default=2)
+    steps: int = _doc(
+        "multistep: operations per problem, one step of its worked trace each (2: 3 operands ... 4: 5 operands)",
+        between=(2, 4),
+        default=3,
+    )
 
     def check(self, name: str, at: At) -> None:
         heldout, dotted = self.heldout, f"{name}.heldout"
@@ -335,6 +349,8 @@ class EvalConfig(Section):
         choices={
             "arithmetic": "the builtin task's problems",
             "word_problems": "held-out questions like arithmetic-text's, answer = last number",
+            "multistep": "the multistep task's held-out problems",
+            "gsm8k": "the first eval.n rows of the GSM8K-format file eval.data",
         },
         default="arithmetic",
     )
@@ -342,6 +358,11 @@ class EvalConfig(Section):
     digits: int | None = _doc("digits per operand (default: data.digits)", default=None)
     operations: list[str] | None = _doc("operations (default: data.operations)", choices=OPERATIONS, default=None)
     operands: int | None = _doc("operands per problem (default: data.operands)", between=(2, 4), default=None)
+    steps: int | None = _doc("multistep: operations per problem (default: data.steps)", between=(2, 4), default=None)
+    data: str | None = _doc(
+        "gsm8k: a data file of GSM8K rows (question, answer ending in `#### n`), e.g. GSM8K's test split",
+        default=None,
+    )
     max_new_tokens: int = _doc("generation budget per answer (the base model reasons at length)", default=128)
     batch_size: int = _doc("problems generated at once", default=50)
     tools: list[str] = _doc(
@@ -361,6 +382,10 @@ class EvalConfig(Section):
         tasks, dotted = self.choices("task"), f"{name}.task"
         if self.task is not None and self.task not in tasks:
             raise LowtuneError(f"{at(dotted)}: {_unknown(dotted, self.task, tasks)}; choose {_or([*tasks, 'null'])}")
+        if self.task == "gsm8k" and not self.data:
+            raise LowtuneError(f"{at(dotted)}: {dotted} gsm8k scores a file: set {name}.data to GSM8K rows (.jsonl)")
+        if self.task == "gsm8k" and not os.path.isfile(os.path.expanduser(self.data)):
+            raise LowtuneError(f"{at(f'{name}.data')}: {name}.data {self.data}: no such file")
         _check_tools(f"{name}.tools", self.tools, at)
         super().check(name, at)
 

@@ -21,7 +21,8 @@ and nothing trains. A configured system prompt is prepended to prompts that have
 
 Modules: `readers` (data files), `rows` (rows from any source, `RowError` and `validate`), `formats`
 (the one format table and `detect_format`), `records` (`load`: rows with one reply), `preference`
-(`load_pairs`, `load_unpaired`), `arithmetic` and `arithmetic_text` (the builtin tasks).
+(`load_pairs`, `load_unpaired`), `arithmetic`, `multistep` and `arithmetic_text` (the builtin tasks), `gsm8k`
+(GSM8K rows as held-out problems).
 """
 
 from lowtune.data.formats import FORMATS, KINDS, detect_format

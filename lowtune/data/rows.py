@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lowtune.config import DataConfig
-from lowtune.data import arithmetic
+from lowtune.data import arithmetic, multistep
 from lowtune.data.arithmetic_text import story_problems
 from lowtune.data.formats import ROLES
 from lowtune.data.readers import is_data_file, read_file
@@ -28,10 +28,14 @@ class RowError(Exception):
 
 def read_rows(cfg: DataConfig) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (location, row) pairs; the location is `file:line` or `name[split] row i`."""
-    if cfg.source == "arithmetic":
-        for i, p in enumerate(arithmetic.train(cfg.n_train, cfg.digits, cfg.operations, cfg.seed, cfg.operands)):
+    if cfg.source in ("arithmetic", "multistep"):
+        if cfg.source == "arithmetic":
+            problems = arithmetic.train(cfg.n_train, cfg.digits, cfg.operations, cfg.seed, cfg.operands)
+        else:  # the reply is the worked trace, <think>...</think><answer>...</answer>
+            problems = multistep.train(cfg.n_train, cfg.digits, cfg.steps, cfg.seed)
+        for i, p in enumerate(problems):
             messages = [{"role": "user", "content": p.question}, {"role": "assistant", "content": p.solution}]
-            yield f"arithmetic row {i}", {"messages": messages, "answer": str(p.answer)}
+            yield f"{cfg.source} row {i}", {"messages": messages, "answer": str(p.answer)}
         return
     if cfg.source == "arithmetic-text":
         for i, (question, story, answer) in enumerate(story_problems(cfg.n_train, cfg.digits, cfg.seed)):

@@ -233,17 +233,18 @@ class _Method:
     adapts = False  # True: TRL puts the adapter on the bare base (else it comes with one, lowtune.models.load)
     generation = None  # a function tracing the method's generation phase, if it has one
 
+    @staticmethod
+    def trainer(recipe, args, model, tokenizer, rows):
+        """The method module's own trainer."""
+        from lowtune import recipes
+
+        return recipes.METHODS[recipe.method].make_trainer(recipe, args, model, tokenizer, rows)
+
 
 class _SFT(_Method):
     @staticmethod
     def rows(recipe):
         return data.load(recipe.data, kind="sft", system_prompt=recipe.system_prompt())
-
-    @staticmethod
-    def trainer(recipe, args, model, tokenizer, rows):
-        from lowtune.recipes import sft
-
-        return sft.make_trainer(recipe, args, model, tokenizer, rows)
 
     @staticmethod
     def worst_batch(recipe, trainer, tokenizer, rows, mode):
@@ -286,12 +287,6 @@ class _DPO(_Method):
     @staticmethod
     def rows(recipe):
         return data.load_pairs(recipe.data, recipe.system_prompt())
-
-    @staticmethod
-    def trainer(recipe, args, model, tokenizer, pairs):
-        from lowtune.recipes import dpo
-
-        return dpo.make_trainer(recipe, args, model, tokenizer, pairs)
 
     @staticmethod
     def worst_batch(recipe, trainer, tokenizer, pairs, mode):

@@ -55,10 +55,12 @@ def train_defaults(method: str) -> dict[str, Any]:
     return {**training.TRAIN_DEFAULTS, **METHODS[method].TRAIN_DEFAULTS}
 
 
-def train(recipe: Recipe, resume: Path | None = None, plan: dict | None = None) -> tuple[RunDir, RunSummary]:
+def train(
+    recipe: Recipe, resume: Path | None = None, plan: dict | None = None, smoke: bool = False
+) -> tuple[RunDir, RunSummary]:
     """Create the run directory (or reopen `resume` at its last checkpoint), run the method, write
     summary.json; returns (run, summary). `plan`: what `lowtune train --fit` planned, recorded with the peak
-    measured on CUDA."""
+    measured on CUDA. `smoke`: the recipe was made a smoke run (`lowtune train --smoke`), marked in summary.json."""
     from transformers import set_seed
 
     method = METHODS[recipe.method]
@@ -85,7 +87,7 @@ def train(recipe: Recipe, resume: Path | None = None, plan: dict | None = None) 
         if dist.is_main() and run.remove_if_unsaved():
             ui.say(f"removed {run.path}: the run stopped before saving anything")
         raise
-    summary.placement, summary.processes = placement.to_dict(), dist.world_size()
+    summary.placement, summary.processes, summary.smoke = placement.to_dict(), dist.world_size(), smoke
     if plan is not None:
         measured = summary.fit.peak_memory_mb if placement.device.type == "cuda" else None  # max_memory_allocated
         summary.plan = {**plan, "measured_tensor_peak_mb": measured}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from lowtune import data, models, training, ui
 from lowtune.config import Recipe
-from lowtune.errors import LowtuneError
 from lowtune.evaluate import heldout_accuracy
 from lowtune.placement import Placement
 from lowtune.results import BeforeAfter, ImplicitRewardAccuracy, RunSummary
@@ -30,13 +29,7 @@ TRAIN_DEFAULTS = dict(learning_rate=5e-5, beta=0.1, max_length=512, per_device_e
 
 
 def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSummary:
-    if recipe.model.logprob_kernel == "lowtune":
-        raise LowtuneError(
-            "model.logprob_kernel=lowtune: DPO's metrics need mean logits and top-1 flags, which lowtune's "
-            "kernel does not compute; DPO uses TRL's chunked log-probs (set auto or trl)"
-        )
-    base, tokenizer = models.load(recipe.model, say=ui.say, placement=placement)
-    base = models.prepare_quantized(base, placement.gradient_checkpointing)
+    base, tokenizer = training.bare_base(recipe, placement, "DPO", "mean logits and top-1 flags")
     pairs = data.load_pairs(recipe.data, recipe.system_prompt())
     ui.say(f"{len(pairs.train)} training pairs, {len(pairs.heldout or [])} held-out pairs ({pairs.format})")
 

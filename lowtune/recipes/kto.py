@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from lowtune import data, models, training, ui
 from lowtune.config import Recipe
-from lowtune.errors import LowtuneError
 from lowtune.evaluate import heldout_accuracy
 from lowtune.placement import Placement
 from lowtune.results import BeforeAfter, RunSummary
@@ -27,13 +26,7 @@ TRAIN_DEFAULTS = dict(learning_rate=5e-5, beta=0.1, max_length=512)
 
 
 def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSummary:
-    if recipe.model.logprob_kernel == "lowtune":
-        raise LowtuneError(
-            "model.logprob_kernel=lowtune: KTO's metrics need mean logits, which lowtune's kernel does not compute; "
-            "KTO uses TRL's chunked log-probs (set auto or trl)"
-        )
-    base, tokenizer = models.load(recipe.model, say=ui.say, placement=placement)
-    base = models.prepare_quantized(base, placement.gradient_checkpointing)
+    base, tokenizer = training.bare_base(recipe, placement, "KTO", "mean logits")
     rows = data.load_unpaired(recipe.data, recipe.system_prompt())
     ui.say(f"{rows.desirable} desirable and {rows.undesirable} undesirable examples ({rows.format})")
 
