@@ -15,7 +15,8 @@ in a fresh process, with only the budget changed:
   warm-up (`constant_with_warmup`), so no schedule is cut short;
 - `--steps N`: every method makes N optimizer steps with its recipe's schedule.
 
-Methods: sft, dpo (synthetic pairs), grpo, ppo (accuracy rule as the reward), ppo-rm (a reward adapter
+Methods: sft, dpo (synthetic pairs), kto (the same pairs, unpaired), orpo (the same pairs), grpo, rloo,
+online_dpo (accuracy rule as the reward), ppo (accuracy rule as the reward), ppo-rm (a reward adapter
 trained first by `lowtune train reward` on the synthetic pairs, accuracy rule off; the reward model's
 own training time is reported beside it, not charged to the budget), toolformer (the base annotates SFT
 replies with calculator calls, then SFT on them; augmentation time counts in the budget; evaluated with
@@ -42,8 +43,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import describe, machine_info, markdown_table  # noqa: E402
 
-METHODS = ["sft", "dpo", "grpo", "ppo", "ppo-rm", "toolformer", "sft-grpo"]
-RECIPE = {"sft": "sft", "dpo": "dpo", "grpo": "grpo", "ppo": "ppo", "ppo-rm": "ppo", "toolformer": "sft"}
+METHODS = ["sft", "dpo", "grpo", "ppo", "ppo-rm", "toolformer", "sft-grpo", "kto", "rloo", "orpo", "online_dpo"]
+RECIPE = {"sft": "sft", "dpo": "dpo", "grpo": "grpo", "ppo": "ppo", "ppo-rm": "ppo", "toolformer": "sft", "kto": "kto",
+          "rloo": "rloo", "orpo": "orpo", "online_dpo": "online_dpo"}  # fmt: skip
 # Toolformer: the share of the budget that augmentation may take before SFT starts.
 AUGMENT_SHARE = 0.4
 
@@ -281,7 +283,9 @@ def main() -> None:
                              "train.per_device_train_batch_size=2"]  # fmt: skip
         cfg["ppo_extra"] = cfg["ppo-rm_extra"] = ["train.max_new_tokens=8", "train.per_device_train_batch_size=2",
                                                   "train.num_mini_batches=1", "train.num_ppo_epochs=1"]  # fmt: skip
-        cfg["dpo_extra"] = ["train.per_device_train_batch_size=2"]
+        cfg["dpo_extra"] = cfg["kto_extra"] = cfg["orpo_extra"] = ["train.per_device_train_batch_size=2"]
+        cfg["rloo_extra"] = cfg["grpo_extra"]
+        cfg["online_dpo_extra"] = ["train.max_new_tokens=8", "train.per_device_train_batch_size=2"]
     if args.model in builtin.BUILTINS:
         builtin.ensure(args.model, ui.say)  # converted once, before any timing
     what = f"{cfg['steps']} steps" if cfg["steps"] else f"{cfg['minutes']:g} min"

@@ -68,12 +68,15 @@ def test_methods_harness_quick_on_tiny_random(tmp_path, tiny_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "methods.json").read_text())
-    assert set(report["methods"]) == {"sft", "dpo", "grpo", "ppo", "ppo-rm", "toolformer", "sft-grpo"}
+    assert set(report["methods"]) == {"sft", "dpo", "grpo", "ppo", "ppo-rm", "toolformer", "sft-grpo", "kto", "rloo",
+                                      "orpo", "online_dpo"}  # fmt: skip
     assert report["machine"]["torch"] and report["base"]["n"] == 4
     for method, row in report["methods"].items():
         assert "error" not in row, (method, row.get("log_tail"))
         assert row["steps"] == (4 if method == "sft-grpo" else 2), method
-        assert row["tokens"] > 0 and row["peak_memory_mb"] > 0 and row["trainable_params"] > 0, method
+        # ORPO's and online DPO's batches carry no `input_ids`, so transformers' token counter counts none (known)
+        assert row["tokens"] > 0 or method in ("orpo", "online_dpo"), method
+        assert row["peak_memory_mb"] > 0 and row["trainable_params"] > 0, method
         assert row["accuracy_after"] is not None, method
         # base point, at least one periodic evaluation, the final one
         assert len(row["curve"]) >= 3 and row["curve"][0]["minutes"] == 0, method
