@@ -166,6 +166,15 @@ _TINY_CORPUS = [
 ] * 4
 
 
+# tiny-random's shape (tests build other architectures of the same size from it). initializer_range is larger
+# than the usual 0.02 so the tied 64-dim head can reach confident logits: with 0.02 no LoRA update can move the
+# loss far from log(vocab), and tests learn nothing.
+TINY_SHAPE = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.1,
+)  # fmt: skip
+
+
 def _build_tiny_random(out: Path, say) -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -192,16 +201,7 @@ def _build_tiny_random(out: Path, say) -> None:
     tokenizer.chat_template = CHATML_TEMPLATE
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        # Larger than the usual 0.02 so the tied 64-dim head can reach confident logits: with
-        # 0.02 no LoRA update can move the loss far from log(vocab), and tests learn nothing.
-        initializer_range=0.1,
+        **TINY_SHAPE,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

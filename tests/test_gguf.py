@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from lowtune import builtin
 from lowtune.errors import LowtuneError
 from lowtune.export import gguf as lowtune_gguf
 from lowtune.export.gguf import QUANTS, STRUCTURE_KL, export_gguf
@@ -155,7 +156,6 @@ def test_unknown_quant_is_refused(tiny_path, tmp_path):
     reason="about 60 s (SmolLM2 conversion + export); set LOWTUNE_TEST_SMOLLM2_GGUF=1 to run",
 )
 def test_smollm2_f16_round_trip(tmp_path):
-    from lowtune import builtin
 
     path = builtin.ensure("smollm2-135m-instruct")
     report = export_gguf(path, tmp_path / "smollm2-f16.gguf", "f16")
@@ -172,14 +172,7 @@ def _tiny_model(path, tokenizer, model_type="llama", **config):
     cls_config, cls_model = getattr(transformers, f"{prefix}Config"), getattr(transformers, f"{prefix}ForCausalLM")
     settings = dict(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        initializer_range=0.1,
+        **builtin.TINY_SHAPE,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
