@@ -407,7 +407,7 @@ def cmd_eval(args) -> int:
     model, tokenizer, name = models.load_for_inference(args.model, args.device, say=ui.say)
     result = evaluate.accuracy(model, tokenizer, problems, max_new_tokens)
     rows = [[q, r.strip().replace("\n", " ")[:60], str(ref)] for q, r, ref in result.examples[: args.show]]
-    ui.table("examples", ["question", "reply", "reference"], rows)
+    ui.table("examples", ["question", "reply", "reference"], rows, whole=("reference",))  # a long question wraps
     described = {
         "arithmetic": f"{result.n} held-out, {args.digits} digit(s), {' '.join(operations)}",
         "multistep": f"{result.n} held-out, {args.steps} steps, {args.digits} digit(s)",

@@ -88,10 +88,13 @@ def summary_table(title: str, rows: list[tuple[str, str]]) -> None:
     console.print(table)
 
 
-def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+def table(title: str, columns: list[str], rows: list[list[str]], whole: tuple[str, ...] | None = None) -> None:
+    """A rich table. The columns named in `whole` are never wrapped or cut (by default the first one, which
+    names things: recipes, fields); the others wrap to fit the terminal."""
     t = Table(title=title, title_justify="left")
-    for i, c in enumerate(columns):
-        t.add_column(c, no_wrap=i == 0)  # the first column names things (recipes, fields): copied whole
+    whole = (columns[0],) if whole is None else whole
+    for c in columns:
+        t.add_column(c, no_wrap=c in whole)
     for r in rows:
         t.add_row(*r)
     console.print(t)
