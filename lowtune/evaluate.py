@@ -65,6 +65,7 @@ class EvalResult:
     n: int
     examples: list[tuple[str, str, int]]  # (question, reply, reference)
     replies_with_a_call: int | None = None  # with tools: how many replies called one
+    mean_reply_tokens: float = 0.0  # the replies' mean length in tokens (the tokenizer's, no special tokens)
 
 
 def arithmetic_accuracy(
@@ -118,7 +119,8 @@ def accuracy(
     model.train(was_training)
     correct = sum(to_number(extract_answer(r)) == p.answer for p, r in zip(problems, replies, strict=True))
     examples = [(p.question, r, p.answer) for p, r in zip(problems, replies, strict=True)]
-    return EvalResult(correct / len(problems), len(problems), examples, calls)
+    lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in replies]
+    return EvalResult(correct / len(problems), len(problems), examples, calls, sum(lengths) / len(lengths))
 
 
 def heldout_problems(
@@ -165,5 +167,5 @@ def heldout_accuracy(model, tokenizer, recipe: Recipe, before: bool = False) -> 
     result = accuracy(model, tokenizer, problems, **common)
     return HeldoutAccuracy(
         task=cfg.task, n=result.n, accuracy=result.accuracy, example=result.examples[0][1],
-        tools=list(cfg.tools) or None, replies_with_a_call=result.replies_with_a_call if cfg.tools else None,
+        mean_reply_tokens=round(result.mean_reply_tokens, 2), tools=list(cfg.tools) or None, replies_with_a_call=result.replies_with_a_call if cfg.tools else None,
     )  # fmt: skip

@@ -39,6 +39,7 @@ class HeldoutAccuracy:
     n: int
     accuracy: float
     example: str  # the first reply, as the model wrote it
+    mean_reply_tokens: float = 0.0  # mean length of the replies in tokens
     tools: list[str] | None = None  # eval.tools: the tools the model could call
     replies_with_a_call: int | None = None
 

@@ -120,6 +120,10 @@ def test_eval_before_and_after_are_recorded(tiny_recipe, monkeypatch):
     assert len(replies) == 2 and all(len(r) == 4 for r in replies)
     assert summary["eval_before"]["accuracy"] == 0.25 and summary["eval_after"]["accuracy"] == 0.75
     assert summary["eval_before"]["example"] == replies[0][0] and summary["eval_after"]["example"] == replies[1][0]
+    tokenizer = models.load_tokenizer(models.resolve_path(tiny_recipe.model.name))
+    for key, said in zip(("eval_before", "eval_after"), replies, strict=True):  # the replies' mean token count
+        lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in said]
+        assert summary[key]["mean_reply_tokens"] == round(sum(lengths) / 4, 2) > 0
 
 
 def test_bad_data_trains_nothing_and_leaves_no_run_directory(tiny_recipe, tmp_path):
