@@ -13,7 +13,8 @@ in a fresh process, with only the budget changed:
 - minutes (default): every method trains until `--minutes` of training time are spent
   (`budget.minutes`; held-out evaluations excluded), at its recipe's learning rate held constant after
   warm-up (`constant_with_warmup`), so no schedule is cut short;
-- `--steps N`: every method makes N optimizer steps with its recipe's schedule.
+- `--steps N`: every method makes N optimizer steps with its recipe's schedule (`--constant-lr`: held
+  constant after warm-up, as above) — a budget that other work on the machine cannot shrink.
 
 Methods: sft, dpo (synthetic pairs), kto (the same pairs, unpaired), orpo (the same pairs), grpo, rloo,
 online_dpo (accuracy rule as the reward), ppo (accuracy rule as the reward), ppo-rm (a reward adapter
@@ -21,9 +22,12 @@ trained first by `lowtune train reward` on the synthetic pairs, accuracy rule of
 own training time is reported beside it, not charged to the budget), toolformer (the base annotates SFT
 replies with calculator calls, then SFT on them; augmentation time counts in the budget; evaluated with
 tool-augmented generation), sft-grpo (SFT for half the budget, merge, GRPO for the other half).
+On request (`--only`): GRPO's loss variants, the grpo recipe with `train.loss_type` grpo, dr_grpo or dapo
+(TRL's default, which the grpo row runs), and gspo (loss grpo, sequence-level importance sampling).
 
-Per method: held-out accuracy before (measured once: one base, one set) and after, training time,
-tokens processed, peak memory of its process, trainable parameters, and the accuracy-vs-time curve
+Per method: held-out accuracy before (measured once: one base, one set) and after, the held-out replies'
+mean length in tokens (for methods that sample, also the sampled completions' mean length over training),
+training time, tokens processed, peak memory of its process, trainable parameters, and the accuracy-vs-time curve
 from evaluations every `--eval-every` minutes. Writes benchmarks/results/methods.{json,md,png}.
 """
 
@@ -43,9 +47,18 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import describe, machine_info, markdown_table  # noqa: E402
 
+# The GRPO loss family (TRL's `loss_type`; GSPO is sequence-level importance sampling): the shipped grpo
+# recipe with only these settings changed. "grpo" itself runs TRL's default loss, dapo.
+GRPO_VARIANTS = {
+    "grpo-loss-grpo": ["train.loss_type=grpo"],
+    "grpo-loss-dr_grpo": ["train.loss_type=dr_grpo"],
+    "grpo-loss-dapo": ["train.loss_type=dapo"],
+    "gspo": ["train.loss_type=grpo", "train.importance_sampling_level=sequence"],
+}
 METHODS = ["sft", "dpo", "grpo", "ppo", "ppo-rm", "toolformer", "sft-grpo", "kto", "rloo", "orpo", "online_dpo"]
 RECIPE = {"sft": "sft", "dpo": "dpo", "grpo": "grpo", "ppo": "ppo", "ppo-rm": "ppo", "toolformer": "sft", "kto": "kto",
           "rloo": "rloo", "orpo": "orpo", "online_dpo": "online_dpo"}  # fmt: skip
+RECIPE |= dict.fromkeys(GRPO_VARIANTS, "grpo")
 # Toolformer: the share of the budget that augmentation may take before SFT starts.
 AUGMENT_SHARE = 0.4
 
@@ -67,6 +80,8 @@ def common_overrides(cfg: dict, minutes: float | None, workdir: Path) -> list[st
         out.append(f"eval.every_minutes={cfg['eval_every']}")
     if cfg["steps"]:
         out.append(f"train.max_steps={cfg['steps']}")
+        if cfg.get("constant_lr"):
+            out.append("train.lr_scheduler_type=constant_with_warmup")
     else:
         out += [f"budget.minutes={minutes}", "train.max_steps=100000", "train.lr_scheduler_type=constant_with_warmup"]
     return out + cfg.get("extra", [])
@@ -77,12 +92,17 @@ def train(recipe: str, overrides: list[str]) -> tuple[Path, dict]:
     from lowtune.config import load_recipe
 
     run, summary = recipes.train(load_recipe(ROOT / "recipes" / f"{recipe}.yaml", overrides))
+    # Methods that sample (GRPO, RLOO): the mean length of the sampled completions over training, in tokens.
+    logged = [json.loads(line) for line in run.metrics.read_text().splitlines()] if run.metrics.is_file() else []
+    lengths = [m["completions/mean_length"] for m in logged if "completions/mean_length" in m]
+    summary = {**summary, "completion_tokens": sum(lengths) / len(lengths) if lengths else None}
     return run.path, summary
 
 
 def part(summary: dict, name: str) -> dict:
     """The figures of one training run that the table needs."""
-    keys = ("steps", "wall_time_s", "eval_time_s", "tokens", "peak_memory_mb", "trainable_params", "eval_during")
+    keys = ("steps", "wall_time_s", "eval_time_s", "tokens", "peak_memory_mb", "trainable_params", "eval_during",
+            "completion_tokens")  # fmt: skip
     return {"name": name, **{k: summary.get(k) for k in keys}, "eval_after": summary.get("eval_after")}
 
 
@@ -107,11 +127,20 @@ def worker(method: str, cfg: dict, workdir: Path) -> dict:
         return {"parts": [part(sft, "sft"), {"name": "merge", "wall_time_s": round(merge_s, 2)}, part(grpo, "grpo")]}
     if method == "toolformer":
         return toolformer(cfg, workdir)
-    extra = list(cfg.get(f"{method}_extra", []))
+    _, summary = train(
+        RECIPE[method], common_overrides({**cfg, "extra": method_overrides(method, cfg)}, minutes, workdir)
+    )
+    return {"parts": [part(summary, method)]}
+
+
+def method_overrides(method: str, cfg: dict) -> list[str]:
+    """What a method changes in its shipped recipe beyond the common budget: a GRPO variant's loss, the quick
+    mode's small sizes (`<method>_extra`; the variants take grpo's), PPO-RM's reward model."""
+    variant = GRPO_VARIANTS.get(method)
+    extra = [*(variant or []), *cfg.get("grpo_extra" if variant else f"{method}_extra", [])]
     if method == "ppo-rm":
         extra += [f"rewards.model={cfg['reward_run']}", "rewards.accuracy=0"]
-    _, summary = train(RECIPE[method], common_overrides({**cfg, "extra": extra}, minutes, workdir))
-    return {"parts": [part(summary, method)]}
+    return extra
 
 
 def base_accuracy(cfg: dict) -> dict:
@@ -231,6 +260,8 @@ def summarize(method: str, result: dict, base: dict) -> dict:
         "peak_memory_mb": max(p["peak_memory_mb"] for p in trained),
         "trainable_params": max(p["trainable_params"] for p in trained),
         "eval_minutes": sum(p["eval_time_s"] for p in trained) / 60,
+        "reply_tokens": after.get("mean_reply_tokens"),  # held-out replies, after training
+        "completion_tokens": trained[-1].get("completion_tokens"),  # sampled during training (GRPO, RLOO)
         "curve": curve,
         "parts": parts,
         **{k: result[k] for k in ("augmentation", "reward_model") if k in result},
@@ -240,10 +271,16 @@ def summarize(method: str, result: dict, base: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--only", nargs="+", choices=METHODS, help="a subset of the methods")
+    parser.add_argument("--only", nargs="+", choices=[*METHODS, *GRPO_VARIANTS],
+                        help=f"a subset of the methods, or GRPO's variants ({', '.join(GRPO_VARIANTS)})")  # fmt: skip
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=8.0, help="training minutes per method (default)")
     budget.add_argument("--steps", type=int, help="optimizer steps per method instead of minutes")
+    parser.add_argument(
+        "--constant-lr",
+        action="store_true",
+        help="with --steps: hold each recipe's learning rate after warm-up, as the minutes budget does",
+    )
     parser.add_argument("--eval-every", type=float, help="minutes between held-out evaluations (default: budget/3)")
     parser.add_argument("--n", type=int, default=100, help="held-out problems")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -270,6 +307,7 @@ def main() -> None:
         "max_new_tokens": args.max_new_tokens,
         "minutes": None if steps else args.minutes,
         "steps": steps,
+        "constant_lr": args.constant_lr,
         "eval_every": args.eval_every if args.eval_every is not None else (None if steps else args.minutes / 3),
         "reward_steps": args.reward_steps,
         "tool_rows": 2000,
@@ -326,17 +364,21 @@ def main() -> None:
     ui.table("Methods on 2-digit addition, " + describe(report["machine"]), COLUMNS, table_rows(report))
 
 
-COLUMNS = ["method", "held-out accuracy", "train min", "steps", "tokens", "peak MiB", "trainable params"]
+COLUMNS = ["method", "held-out accuracy", "reply tokens", "train min", "steps", "tokens", "peak MiB",
+           "trainable params"]  # fmt: skip
 
 
 def table_rows(report: dict) -> list[list[str]]:
     rows = []
     for method, r in report["methods"].items():
         if "error" in r:
-            rows.append([method, f"failed: {r['error']}", "", "", "", "", ""])
+            rows.append([method, f"failed: {r['error']}", "", "", "", "", "", ""])
             continue
         after = "n/a" if r["accuracy_after"] is None else f"{r['accuracy_after']:.0%}"
-        rows.append([method, f"{r['accuracy_before']:.0%} → {after}", f"{r['minutes']:.1f}", str(r["steps"]),
+        reply = "" if r.get("reply_tokens") is None else f"{r['reply_tokens']:.1f}"
+        if r.get("completion_tokens") is not None:  # and what it sampled while training
+            reply += f" (training: {r['completion_tokens']:.1f})"
+        rows.append([method, f"{r['accuracy_before']:.0%} → {after}", reply, f"{r['minutes']:.1f}", str(r["steps"]),
                      f"{r['tokens']:,}", f"{r['peak_memory_mb']:,.0f}", f"{r['trainable_params']:,}"])  # fmt: skip
     return rows
 
@@ -347,6 +389,7 @@ def write(stem: Path, report: dict) -> None:
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     s = report["settings"]
     budget = f"{s['steps']} optimizer steps" if s["steps"] else f"{s['minutes']:g} min of training"
+    budget += " (learning rate constant after warm-up)" if s.get("constant_lr") else ""
     lines = [
         f"Machine: {describe(report['machine'])}. Budget: {budget} per method; held-out 2-digit addition, "
         f"n={s['n']}, greedy; base model {report['base']['accuracy']:.0%}.",

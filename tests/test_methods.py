@@ -77,7 +77,8 @@ def test_methods_harness_quick_on_tiny_random(tmp_path, tiny_path):
         # ORPO's and online DPO's batches carry no `input_ids`, so transformers' token counter counts none (known)
         assert row["tokens"] > 0 or method in ("orpo", "online_dpo"), method
         assert row["peak_memory_mb"] > 0 and row["trainable_params"] > 0, method
-        assert row["accuracy_after"] is not None, method
+        assert row["accuracy_after"] is not None and row["reply_tokens"] > 0, method
+        assert (row["completion_tokens"] is not None) == (method in ("grpo", "rloo", "sft-grpo")), method
         # base point, at least one periodic evaluation, the final one
         assert len(row["curve"]) >= 3 and row["curve"][0]["minutes"] == 0, method
     assert report["methods"]["ppo"]["trainable_params"] > report["methods"]["sft"]["trainable_params"]  # + value
@@ -88,3 +89,21 @@ def test_methods_harness_quick_on_tiny_random(tmp_path, tiny_path):
     table = (out / "methods.md").read_text()
     assert all(f"| {m} |" in table for m in report["methods"])
     assert (out / "methods.png").stat().st_size > 0
+
+
+def test_grpo_variants_change_only_the_loss_of_the_grpo_recipe():
+    """`methods.py --only gspo ...` runs the shipped grpo recipe with TRL's loss settings changed (the recipe's
+    `train` section is what TRL's GRPOConfig is built from)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import methods
+    from lowtune.config import load_recipe
+
+    cfg = {"grpo_extra": ["train.num_generations=2"]}
+    assert methods.RECIPE["gspo"] == "grpo" and methods.method_overrides("gspo", cfg) == [
+        "train.loss_type=grpo", "train.importance_sampling_level=sequence", "train.num_generations=2"]  # fmt: skip
+    seen = {}
+    for variant in methods.GRPO_VARIANTS:
+        recipe = load_recipe(ROOT / "recipes" / "grpo.yaml", methods.method_overrides(variant, {}))
+        seen[variant] = (recipe.train["loss_type"], recipe.train.get("importance_sampling_level", "token"))
+    assert seen == {"grpo-loss-grpo": ("grpo", "token"), "grpo-loss-dr_grpo": ("dr_grpo", "token"),
+                    "grpo-loss-dapo": ("dapo", "token"), "gspo": ("grpo", "sequence")}  # fmt: skip
