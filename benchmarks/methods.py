@@ -84,7 +84,7 @@ def common_overrides(cfg: dict, minutes: float | None, workdir: Path) -> list[st
             out.append("train.lr_scheduler_type=constant_with_warmup")
     else:
         out += [f"budget.minutes={minutes}", "train.max_steps=100000", "train.lr_scheduler_type=constant_with_warmup"]
-    return out + cfg.get("extra", [])
+    return out + cfg.get("extra", []) + cfg.get("set", [])
 
 
 def train(recipe: str, overrides: list[str]) -> tuple[Path, dict]:
@@ -276,6 +276,8 @@ def main() -> None:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=8.0, help="training minutes per method (default)")
     budget.add_argument("--steps", type=int, help="optimizer steps per method instead of minutes")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides for every method (e.g. train.beta=0.5): a tuning study")  # fmt: skip
     parser.add_argument(
         "--constant-lr",
         action="store_true",
@@ -308,6 +310,7 @@ def main() -> None:
         "minutes": None if steps else args.minutes,
         "steps": steps,
         "constant_lr": args.constant_lr,
+        "set": args.set,
         "eval_every": args.eval_every if args.eval_every is not None else (None if steps else args.minutes / 3),
         "reward_steps": args.reward_steps,
         "tool_rows": 2000,
@@ -390,6 +393,7 @@ def write(stem: Path, report: dict) -> None:
     s = report["settings"]
     budget = f"{s['steps']} optimizer steps" if s["steps"] else f"{s['minutes']:g} min of training"
     budget += " (learning rate constant after warm-up)" if s.get("constant_lr") else ""
+    budget += f"; every recipe with {', '.join(s['set'])}" if s.get("set") else ""
     lines = [
         f"Machine: {describe(report['machine'])}. Budget: {budget} per method; held-out 2-digit addition, "
         f"n={s['n']}, greedy; base model {report['base']['accuracy']:.0%}.",

@@ -41,7 +41,7 @@ from lowtune.plan.trace import (
     no_device_moves,
 )
 
-METHODS = ("sft", "dpo", "grpo", "reward", "ppo")
+METHODS = ("sft", "dpo", "grpo", "reward", "ppo", "kto", "orpo", "rloo")
 MB = 2**20
 
 
@@ -136,7 +136,8 @@ def plan(recipe: Recipe, device: str | None = None, memory_mb: float | None = No
     materialize(trainer.model, mode)
     block = CUDA_BLOCK if placement.device.type == "cuda" else 1
     batch, length, cut = method.worst_batch(recipe, trainer, tokenizer, rows, mode)
-    kernel = placement.logprob_kernel if recipe.method == "grpo" else "trl"  # as the method runs (recipes/grpo.py)
+    # as the methods run: GRPO and RLOO through training.fit_on_prompts with the placement's kernel
+    kernel = placement.logprob_kernel if recipe.method in ("grpo", "rloo") else "trl"
     on_cuda = as_on_cuda() if placement.device.type == "cuda" else contextlib.nullcontext()
     with patched(kernel), _quiet("trl"), on_cuda:
         parts, extra = _trace_step(trainer, mode, batch, block, method)
@@ -322,6 +323,41 @@ class _Reward(_Method):
         return _fake_batch(mode, batch), int(width), cut
 
 
+class _KTO(_Method):
+    adapts = True  # lowtune.recipes.kto
+
+    @staticmethod
+    def rows(recipe):
+        return data.load_unpaired(recipe.data, recipe.system_prompt())
+
+    @staticmethod
+    def worst_batch(recipe, trainer, tokenizer, rows, mode):
+        processed = trainer.train_dataset
+        lengths = [len(p) + len(c) for p, c in zip(processed["prompt_ids"], processed["completion_ids"], strict=True)]
+        # the collator pairs each prompt with another row's completion for the KL estimate: of the longest too
+        rows_ = [processed[i] for i in _longest(lengths, trainer.args.per_device_train_batch_size)]
+        batch = trainer.data_collator(rows_)  # it truncates to max_length, as in training
+        width = max(v.shape[-1] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() == 2)
+        return _fake_batch(mode, batch), int(width), _cut_rows(trainer.args.max_length, lengths)
+
+
+class _ORPO(_Method):
+    @staticmethod
+    def rows(recipe):
+        return data.load_pairs(recipe.data, recipe.system_prompt())
+
+    @staticmethod
+    def worst_batch(recipe, trainer, tokenizer, pairs, mode):
+        processed = trainer.train_dataset  # TRL's ORPO truncates as it tokenizes: a row at max_length was cut
+        lengths = [max(len(c), len(r)) for c, r in zip(processed["chosen_input_ids"], processed["rejected_input_ids"],
+                                                        strict=True)]  # fmt: skip
+        rows_ = [processed[i] for i in _longest(lengths, trainer.args.per_device_train_batch_size)]
+        batch = trainer.data_collator(rows_)
+        width = max(v.shape[-1] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() == 2)
+        cut = sum(n >= trainer.args.max_length for n in lengths) if trainer.args.max_length else 0
+        return _fake_batch(mode, batch), int(width), cut
+
+
 class _GRPO(_Method):
     @staticmethod
     def rows(recipe):
@@ -329,15 +365,16 @@ class _GRPO(_Method):
 
     @staticmethod
     def trainer(recipe, args, model, tokenizer, rows):
-        from lowtune.recipes import grpo
+        from lowtune import recipes
 
-        trainer = grpo.make_trainer(recipe, args, model, tokenizer, rows)
+        trainer = recipes.METHODS[recipe.method].make_trainer(recipe, args, model, tokenizer, rows)
         completion = args.max_completion_length
         filler = _filler_token(tokenizer)
 
-        def full_length_completions(prompt_ids, images, multimodal_fields, num_generations, **kwargs):
+        def full_length_completions(prompt_ids, *args, **kwargs):
             # the worst case: every completion runs to max_completion_length (never stops early)
-            return [[filler] * completion for _ in prompt_ids], None
+            full = [[filler] * completion for _ in prompt_ids]
+            return full if recipe.method == "rloo" else (full, None)  # TRL's RLOO returns the ids alone
 
         trainer._generate_single_turn = full_length_completions
         return trainer
@@ -439,7 +476,8 @@ class _PPO(_Method):
         }
 
 
-_METHODS = {"sft": _SFT, "dpo": _DPO, "grpo": _GRPO, "reward": _Reward, "ppo": _PPO}
+_METHODS = {"sft": _SFT, "dpo": _DPO, "grpo": _GRPO, "reward": _Reward, "ppo": _PPO, "kto": _KTO, "orpo": _ORPO,
+            "rloo": _GRPO}  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -217,15 +217,23 @@ def materialize(model, mode) -> None:
 
 @contextlib.contextmanager
 def no_device_moves() -> Iterator[None]:
-    """Trainers move their model to the device when they are built; fake weights stay where they are."""
+    """Trainers move their model to the device when they are built; fake weights stay where they are. And a
+    trainer that copies weights when it is built (TRL's RLOO copies a PEFT model's adapter into a frozen `ref`
+    adapter) copies nothing from a meta tensor: the plan needs the copy's shape, which it has, not its values."""
     from transformers import Trainer
 
-    original = Trainer._move_model_to_device
+    original, copy_ = Trainer._move_model_to_device, torch.Tensor.copy_
+
+    def copy_values(self, src, *args, **kwargs):
+        return self if isinstance(src, torch.Tensor) and src.is_meta else copy_(self, src, *args, **kwargs)
+
     Trainer._move_model_to_device = lambda self, model, device: None
+    torch.Tensor.copy_ = copy_values
     try:
         yield
     finally:
         Trainer._move_model_to_device = original
+        torch.Tensor.copy_ = copy_
 
 
 def tensor_peak_callback(steps: int = 3):
