@@ -273,12 +273,13 @@ def train_stopped_and_resumed(tmp_path, args, prelude="", stop_at=3):
 
 def check_plain_peft_adapter(adapter_dir):
     """The adapter loads on its base with transformers and peft alone (nothing of lowtune) and changes the base's
-    logits."""
+    logits; it is the one trained adapter (no other adapter saved beside it, e.g. a trainer's frozen `ref` copy)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base_path = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert not [p for p in adapter_dir.iterdir() if p.is_dir()], sorted(p.name for p in adapter_dir.iterdir())
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
     with torch.no_grad():
         base = AutoModelForCausalLM.from_pretrained(base_path)(input_ids=ids).logits

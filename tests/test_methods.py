@@ -62,26 +62,27 @@ def test_methods_harness_quick_on_tiny_random(tmp_path, tiny_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "results"
     script = ROOT / "benchmarks" / "methods.py"
+    # Every worker of its own (ppo-rm, toolformer, sft-grpo) and the generic one for a method that samples (grpo)
+    # and one that does not (sft); each other method's recipe is trained by its own test file.
+    methods = ["sft", "grpo", "ppo-rm", "toolformer", "sft-grpo"]
     proc = subprocess.run(
-        [sys.executable, str(script), "--quick", "--model", "tiny-random", "--out", str(out)],
+        [sys.executable, str(script), "--quick", "--model", "tiny-random", "--out", str(out), "--only", *methods],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "methods.json").read_text())
-    assert set(report["methods"]) == {"sft", "dpo", "grpo", "ppo", "ppo-rm", "toolformer", "sft-grpo", "kto", "rloo",
-                                      "orpo", "online_dpo"}  # fmt: skip
+    assert list(report["methods"]) == methods
     assert report["machine"]["torch"] and report["base"]["n"] == 4
     for method, row in report["methods"].items():
         assert "error" not in row, (method, row.get("log_tail"))
         assert row["steps"] == (4 if method == "sft-grpo" else 2), method
-        # ORPO's and online DPO's batches carry no `input_ids`, so transformers' token counter counts none (known)
-        assert row["tokens"] > 0 or method in ("orpo", "online_dpo"), method
+        assert row["tokens"] > 0, method
         assert row["peak_memory_mb"] > 0 and row["trainable_params"] > 0, method
         assert row["accuracy_after"] is not None and row["reply_tokens"] > 0, method
         assert (row["completion_tokens"] is not None) == (method in ("grpo", "rloo", "sft-grpo")), method
         # base point, at least one periodic evaluation, the final one
         assert len(row["curve"]) >= 3 and row["curve"][0]["minutes"] == 0, method
-    assert report["methods"]["ppo"]["trainable_params"] > report["methods"]["sft"]["trainable_params"]  # + value
+    assert report["methods"]["ppo-rm"]["trainable_params"] > report["methods"]["sft"]["trainable_params"]  # + value
     assert report["methods"]["ppo-rm"]["reward_model"]["steps"] == 2
     assert report["methods"]["toolformer"]["augmentation"]["rows"] == 3
     assert report["methods"]["toolformer"]["replies_with_a_call"] is not None  # evaluated with the calculator

@@ -27,7 +27,12 @@ def make_trainer(recipe: Recipe, args, model, tokenizer, dataset):
     from trl import RLOOTrainer
 
     funcs, args.reward_weights = rewards.recipe_rewards(recipe.rewards, args.max_completion_length)
-    return RLOOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = RLOOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
+    if args.beta == 0.0 and "ref" in getattr(trainer.model, "peft_config", {}):
+        # TRL 1.16's RLOO copies an adapted model's adapter into a frozen "ref" adapter whatever beta is (its GRPO
+        # only when beta != 0); with beta 0 nothing reads it, and it would be saved beside the trained adapter.
+        trainer.model.delete_adapter("ref")
+    return trainer
 
 
 def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSummary:
