@@ -62,16 +62,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
-    p.add_argument("--tools", help="comma-separated tools the model may call inline, e.g. calculator")
+    p.add_argument(
+        "--tools",
+        help="comma-separated tools the model may call, e.g. calculator: natively when its chat template has tools "
+        "(<tool_call> JSON), else inline ([Calculator(2 + 2) -> 4])",
+    )
     p.add_argument("--max-calls", type=int, default=1, help="tool calls per reply")
-    p.add_argument("--trigger-top-k", type=int, help='start a call whenever "[" is among the k most likely tokens')
+    p.add_argument("--trigger-top-k", type=int, help='inline calls: start one if "[" is among the k likeliest tokens')
 
     p = sub.add_parser("augment", help="Toolformer: annotate texts with the tool calls that help predict them")
     p.add_argument("model", help="run directory, adapter directory, builtin name, local model or hub id")
     p.add_argument("--data", default="arithmetic-text", help="arithmetic-text, or .jsonl of {text} or GSM8K rows")
     p.add_argument("--n", type=int, help="texts to annotate (default: all; 200 for arithmetic-text)")
     p.add_argument("--tools", default="calculator", help="comma-separated builtin names or module:attribute")
-    p.add_argument("--out", required=True, help="output .jsonl: text, annotated, calls")
+    p.add_argument("--out", required=True, help="output .jsonl (rows as --format writes them)")
+    p.add_argument(
+        "--format",
+        default="inline",
+        help="inline: {text, annotated, calls}, the calls written into the text, [Calculator(12 + 30) -> 42]; "
+        "tool_calls: TRL's tool-calling rows {messages, tools}, each call an assistant tool_calls turn and a tool "
+        "message, with the tools' JSON schemas",
+    )
     for flag, kind, text in [
         ("--tau-s", float, "keep positions with p('[') above this"),
         ("--tau-f", float, "keep calls whose loss reduction is at least this"),
@@ -229,24 +240,29 @@ def cmd_train(args) -> int:
     run, summary = recipes.train(recipe, resume=run_dir, plan=planned, smoke=args.smoke)
     ui.run_summary(run.path, summary)
     if args.smoke:
-        ui.say(f"smoke run: the recipe ran end to end ({summary.fit.steps} steps); its scores mean nothing")
+        steps = " + ".join(str(s["steps"]) for s in summary["stages"]) if recipe.stages else summary["steps"]
+        ui.say(f"smoke run: the recipe ran end to end ({steps} steps); its scores mean nothing")
     return 0
 
 
 SMOKE_TOKENS = 16  # the length of a smoke run's sampled completions and held-out answers
-SMOKE_ROWS = 8  # the rows a smoke run's Toolformer augmentation annotates
+SMOKE_ROWS = 8  # the rows a smoke run's Toolformer augmentation annotates (rejection sampling: samples replies to)
 
 
 def smoke_overrides(recipe) -> list[str]:
     """`lowtune train --smoke`: the overrides that make `recipe` a quick end-to-end check. 2 steps, 2 held-out
     problems answered in at most SMOKE_TOKENS tokens (and 2 held-out pairs for reward, DPO and ORPO), no periodic
-    evaluation or time budget; the methods that sample (GRPO, RLOO, online DPO, PPO) sample at most SMOKE_TOKENS
-    tokens too, and Toolformer annotates SMOKE_ROWS rows (it annotates every training row before the first step)."""
+    evaluation or time budget; the methods that sample (GRPO, RLOO, online DPO, PPO, rejection sampling) sample at most
+    SMOKE_TOKENS tokens too, and Toolformer annotates SMOKE_ROWS rows (it annotates every training row before the
+    first step; rejection sampling samples replies to that many prompts for the same reason). A pipeline: each
+    stage's, set in the stage (`stages.2.train.max_steps=2`), so that every stage is a smoke run."""
     import dataclasses
 
     from lowtune import recipes
     from lowtune.config import REASONING_METHODS, train_config_class
 
+    if recipe.stages:
+        return [f"stages.{i}.{o}" for i, stage in enumerate(recipe.stages, 1) for o in smoke_overrides(stage.recipe)]
     out = ["train.max_steps=2", "eval.n=2", f"eval.max_new_tokens={min(recipe.eval.max_new_tokens, SMOKE_TOKENS)}",
            "eval.every_minutes=null", "budget.minutes=null", "data.heldout=2"]  # fmt: skip
     if recipe.method in (*REASONING_METHODS, "ppo"):
@@ -255,7 +271,7 @@ def smoke_overrides(recipe) -> list[str]:
         for key in ("max_completion_length", "max_new_tokens"):
             if settings.get(key) is not None:
                 out.append(f"train.{key}={min(settings[key], SMOKE_TOKENS)}")
-    if recipe.augment.tools:
+    if recipe.augment.tools or recipe.method == "rejection_sampling":  # both go over every row before step 1
         out.append(f"data.max_rows={min(recipe.data.max_rows or SMOKE_ROWS, SMOKE_ROWS)}")
     return out
 
@@ -311,7 +327,8 @@ def cmd_generate(args) -> int:
             )
             ui.console.print(f"[bold]user:[/] {escape(prompt)}\n[bold]assistant:[/] {escape(reply)}")
             for call in calls:
-                ui.say(f"called {call['tool']}({call['arg']}) -> {call['result']}")
+                bad = "" if call["well_formed"] else " (not a call lowtune could run)"
+                ui.say(f"called {call['tool']}({call['arg']}) -> {call['result']}{bad}")
         return 0
     replies = evaluate.generate(
         model,
@@ -360,11 +377,16 @@ def _launch(n: int, train_args: list[str]) -> int:
 
 def cmd_augment(args) -> int:
     from lowtune import dist, models, ui
+    from lowtune.config import AugmentConfig
+    from lowtune.config.coerce import choose_one_of
     from lowtune.data.arithmetic_text import load_texts
     from lowtune.toolformer.augment import STATS_COLUMNS, Augmenter, write_results
     from lowtune.tools import load_tool
 
     dist.refuse("Toolformer augmentation (lowtune augment)")
+    formats = AugmentConfig.choices("format")
+    if args.format not in formats:
+        raise LowtuneError(f"--format {args.format}: {choose_one_of(args.format, list(formats))}")
     out = Path(args.out)
     if out.exists():
         raise LowtuneError(f"--out {out} exists; lowtune never overwrites, choose a new file")
@@ -375,7 +397,7 @@ def cmd_augment(args) -> int:
     augmenter = Augmenter(model, tokenizer, tools, settings)
     with ui.progress_bar("augment", len(texts)) as advance:
         results = augmenter.augment(texts, progress=advance)
-    write_results(out, results)
+    write_results(out, results, args.format, tools)
     ui.table("tool calls", STATS_COLUMNS, augmenter.stats_rows())
     summary = [("model", name), ("texts", str(len(results))), ("written", str(out))]
     if any(human):
@@ -537,7 +559,8 @@ def cmd_recipes(args) -> int:
     for name, path in recipes.shipped_recipes().items():
         first = path.read_text().splitlines()[0].lstrip("# ").strip() if path.stat().st_size else ""
         recipe = load_recipe(path)
-        rows.append([name, recipe.method, recipe.model.name, first])
+        method = " → ".join(stage.method for stage in recipe.stages) or recipe.method
+        rows.append([name, method, recipe.model.name, first])
     ui.table("shipped recipes (lowtune train NAME)", ["name", "method", "model", "what"], rows)
     return 0
 

@@ -22,14 +22,16 @@ from lowtune.rewards import extract_answer, to_number
 def generate(
     model,
     tokenizer,
-    prompts: list[str],
+    prompts: list[str] | list[list[dict]],
     max_new_tokens: int = 64,
     batch_size: int = 32,
     do_sample: bool = False,
     temperature: float = 1.0,
     system_prompt: str | None = None,
+    num_return_sequences: int = 1,
 ) -> list[str]:
-    """Chat-templated generation for each user prompt (after an optional system message); returns the replies."""
+    """Chat-templated generation for each user prompt (after an optional system message), or each conversation (a
+    list of messages, taken as it is); returns the replies, `num_return_sequences` per prompt, a prompt's together."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     replies = []
     side = tokenizer.padding_side
@@ -38,7 +40,9 @@ def generate(
         for start in range(0, len(prompts), batch_size):
             texts = [
                 tokenizer.apply_chat_template(
-                    [*system, {"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                    p if isinstance(p, list) else [*system, {"role": "user", "content": p}],
+                    tokenize=False,
+                    add_generation_prompt=True,
                 )
                 for p in prompts[start : start + batch_size]
             ]
@@ -50,6 +54,7 @@ def generate(
                 temperature=temperature if do_sample else None,
                 top_p=None,
                 top_k=None,
+                num_return_sequences=num_return_sequences,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
@@ -167,5 +172,6 @@ def heldout_accuracy(model, tokenizer, recipe: Recipe, before: bool = False) -> 
     result = accuracy(model, tokenizer, problems, **common)
     return HeldoutAccuracy(
         task=cfg.task, n=result.n, accuracy=result.accuracy, example=result.examples[0][1],
-        mean_reply_tokens=round(result.mean_reply_tokens, 2), tools=list(cfg.tools) or None, replies_with_a_call=result.replies_with_a_call if cfg.tools else None,
+        mean_reply_tokens=round(result.mean_reply_tokens, 2), tools=list(cfg.tools) or None,
+        replies_with_a_call=result.replies_with_a_call if cfg.tools else None,
     )  # fmt: skip

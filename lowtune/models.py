@@ -233,7 +233,8 @@ def load(
     """Load base + tokenizer per `model_cfg` where `placement` says (default: resolved from `model_cfg`), and
     wrap it with a fresh trainable LoRA adapter.
 
-    Returns (model, tokenizer). With `lora_cfg=None` the base is returned without adapters.
+    Returns (model, tokenizer). With `lora_cfg=None` the base is returned without adapters; with
+    `lora_cfg.start_from` (a run or adapter directory) that adapter is loaded, trainable, instead of a fresh one.
     `head="score"` loads the base as a sequence classifier with one output (a reward model): a new
     linear score head on the last token, trained in full and saved inside the adapter.
     """
@@ -271,9 +272,16 @@ def load(
 
     if lora_cfg is None:
         return model, tokenizer
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
 
     model = prepare_quantized(model, placement.gradient_checkpointing)
+    if lora_cfg.start_from:  # trained further: the same adapter, its weights and its own LoRA settings
+        adapter_dir = runs.find_adapter(lora_cfg.start_from)
+        if runs.adapter_task(adapter_dir) == "SEQ_CLS":
+            raise LowtuneError(f"lora.start_from: {adapter_dir} is a reward model; start from a causal-LM adapter")
+        require_safetensors(adapter_dir)
+        with loading(adapter_dir, "adapter"):
+            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True), tokenizer
     model = get_peft_model(model, peft_config(lora_cfg, "SEQ_CLS" if head == "score" else "CAUSAL_LM"))
     return model, tokenizer
 

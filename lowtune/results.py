@@ -148,3 +148,61 @@ class RunSummary(Mapping):
 
     def __len__(self) -> int:
         return len(self.to_dict())
+
+
+@dataclasses.dataclass(eq=False)  # compares as the JSON it reads like, as RunSummary
+class PipelineSummary(Mapping):
+    """A pipeline's summary.json: each stage's summary as its own summary.json holds it (with its number, method and
+    directory), the totals, and the held-out accuracy before the first stage and after each."""
+
+    model: str
+    stages: list[dict[str, Any]]  # {"stage": 1, "method": "sft", "dir": "stages/1-sft", **that stage's summary.json}
+    placement: dict[str, Any] | None = None
+    processes: int = 1
+    smoke: bool = False
+
+    @property
+    def method(self) -> str:
+        return "pipeline"
+
+    def heldout_curve(self) -> list[dict[str, Any]]:
+        """[{after: base | <n>-<method>, task, n, accuracy}]: the base's score (the first stage's eval_before, when
+        taken), then the score after each stage that has one."""
+        points = []
+        first = self.stages[0].get("eval_before") if self.stages else None
+        if first:
+            points.append({"after": "base", "task": first["task"], "n": first["n"], "accuracy": first["accuracy"]})
+        for stage in self.stages:
+            after = stage.get("eval_after")
+            if after:
+                name = f"{stage['stage']}-{stage['method']}"
+                points.append({"after": name, "task": after["task"], "n": after["n"], "accuracy": after["accuracy"]})
+        return points
+
+    def to_dict(self) -> dict[str, Any]:
+        """summary.json."""
+        last = self.stages[-1] if self.stages else {}
+        out: dict[str, Any] = {
+            "method": "pipeline",
+            "model": self.model,
+            "stages": self.stages,
+            "heldout_curve": self.heldout_curve(),
+            "steps": sum(s.get("steps", 0) for s in self.stages),
+            "wall_time_s": round(sum(s.get("wall_time_s", 0.0) for s in self.stages), 2),
+            "eval_before": self.stages[0].get("eval_before") if self.stages else None,
+            "eval_after": last.get("eval_after"),
+            "placement": self.placement,
+            "processes": self.processes,
+        }
+        if self.smoke:
+            out["smoke"] = True
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())

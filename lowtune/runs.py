@@ -6,6 +6,16 @@
                 metrics.jsonl        one line per logging step
                 summary.json         the run's figures, written when it ends
                 augmented.jsonl      Toolformer: the annotated rows (with augmented_stats.json)
+                kept.jsonl           rejection sampling: the accepted samples SFT trains on (with kept_stats.json)
+
+    A pipeline (a recipe with `stages`) keeps each stage in a run directory of its own, and the last stage's adapter
+    and every stage's figures at the top:
+
+    runs/<name>/config.yaml          the pipeline's recipe
+                stages/1-sft/        stage 1: a whole run directory (its recipe, adapter/, checkpoints/, metrics.jsonl,
+                stages/2-grpo/       summary.json, ...); a stage after a merge holds its merged base in base/
+                adapter/             the last stage's adapter, copied when the pipeline ends
+                summary.json         every stage's figures and the held-out accuracy across stages
 
 Training writes it through `RunDir`; later commands (generate, merge, export, score, PPO's reward model)
 read a finished run through `find_adapter`, `read_recipe` and `read_summary`, as data: an old run is not
@@ -47,6 +57,10 @@ class RunDir:
         self.summary = path / "summary.json"
         self.augmented = path / "augmented.jsonl"
         self.augmented_stats = path / "augmented_stats.json"
+        self.kept = path / "kept.jsonl"
+        self.kept_stats = path / "kept_stats.json"
+        self.stages = path / "stages"
+        self.merged_base = path / "base"  # a pipeline stage that merged the adapter so far into the base
         self.resume_from: str | None = None  # a checkpoint directory when the run continues
         self.created = False  # made by this process (RunDir.create), not reopened
 
@@ -80,7 +94,7 @@ class RunDir:
         """The newest run directory of this recipe's name (name, name-2, ...) that has a checkpoint."""
         parent, name = Path(recipe.output.dir), cls.name_of(recipe)
         found = [p for p in parent.glob(f"{name}*") if p.name == name or p.name.removeprefix(name + "-").isdigit()]
-        found = [p for p in found if cls(p).last_checkpoint()]
+        found = [p for p in found if cls(p).can_resume()]
         if not found:
             raise LowtuneError(f"--resume: no run of {name} under {parent} has a checkpoint to resume from")
         return max(found, key=lambda p: int(p.name.removeprefix(name + "-")) if p.name != name else 1)
@@ -88,8 +102,15 @@ class RunDir:
     @classmethod
     def reopen(cls, path: Path, write: bool = True) -> RunDir:
         """An existing run, set to continue from its last checkpoint; metrics logged after it are dropped
-        (by the process that `write`s: with several, the main one)."""
+        (by the process that `write`s: with several, the main one). A pipeline is reopened as a whole: each stage
+        continues where it stopped (`open_stage`)."""
         run = cls(path)
+        if run.stages.is_dir():
+            if not run.can_resume():
+                raise LowtuneError(f"--resume {path}: no stage has a finished checkpoint yet; start a new run")
+            if write:
+                run.summary.unlink(missing_ok=True)
+            return run
         last = run.last_checkpoint()
         if last is None:
             raise LowtuneError(f"--resume {path}: no finished checkpoint in {run.checkpoints}; start a new run")
@@ -115,15 +136,49 @@ class RunDir:
         done = [p for p in self.checkpoints.glob("checkpoint-*") if finished(p)]
         return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
+    def can_resume(self) -> bool:
+        """A checkpoint to continue from; for a pipeline, a stage that finished or saved a checkpoint."""
+        if self.stages.is_dir():
+            return any(RunDir(p).summary.is_file() or RunDir(p).last_checkpoint() for p in self.stages.iterdir())
+        return self.last_checkpoint() is not None
+
+    def saved_anything(self) -> bool:
+        """A checkpoint (even a half-written one) or an adapter (even a staged one), here or in a stage."""
+        saved = [self.adapter, *self.path.glob(".adapter*"), *self.checkpoints.glob("checkpoint-*")]
+        stages = self.stages.iterdir() if self.stages.is_dir() else []
+        return any(p.exists() for p in saved) or any(RunDir(p).saved_anything() for p in stages)
+
     def remove_if_unsaved(self) -> bool:
         """Remove the directory this process created if nothing was saved in it yet (no checkpoint, not even
         a half-written one, and no adapter, not even a staged one): a run that failed before its first save
         leaves nothing behind. A reopened or pre-existing directory is never removed. Returns whether it was."""
-        saved = [self.adapter, *self.path.glob(".adapter*"), *self.checkpoints.glob("checkpoint-*")]
-        if not self.created or any(p.exists() for p in saved):
+        if not self.created or self.saved_anything():
             return False
         shutil.rmtree(self.path, ignore_errors=True)
         return not self.path.exists()
+
+    # ------------------------------------------------------------ a pipeline's stages
+
+    def stage(self, number: int, method: str) -> RunDir:
+        """Stage `number` (from 1) of a pipeline, running `method`: stages/<number>-<method>/."""
+        return RunDir(self.stages / f"{number}-{method}")
+
+    def open_stage(self, number: int, recipe: Recipe) -> RunDir:
+        """The directory of stage `number`, made with the stage's recipe as its config.yaml, or, for a stage that
+        started before, reopened at its last checkpoint (one that saved none starts again in it, its metrics
+        dropped; what it wrote there, e.g. kept.jsonl, is reused)."""
+        stage = self.stage(number, recipe.method)
+        if stage.last_checkpoint() is not None:
+            stage = RunDir.reopen(stage.path, write=dist.is_main())
+        elif dist.is_main() and stage.path.is_dir():
+            stage.metrics.unlink(missing_ok=True)
+        elif dist.is_main():
+            stage.path.mkdir(parents=True)
+            stage.created = True
+        if dist.is_main():
+            replace_atomic(stage.config, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        dist.barrier()
+        return stage
 
     # ------------------------------------------------------------ writing
 
@@ -146,12 +201,26 @@ class RunDir:
         next save clears what a crash left there; anything at them or at adapter/ that lowtune did not make is
         left as it is and the save refused.
         """
+        self._place_adapter(lambda staging: trainer.save_model(str(staging)))
+
+    def copy_adapter(self, source: Path) -> None:
+        """A copy of the adapter directory `source` (a pipeline's last stage's) into adapter/, as `save_adapter`
+        places one."""
+
+        def copy(staging: Path) -> None:
+            if dist.is_main():
+                shutil.copytree(source, staging)
+
+        self._place_adapter(copy)
+
+    def _place_adapter(self, write) -> None:
+        """`write(staging)` fills the staging directory; it is then renamed into adapter/ (see `save_adapter`)."""
         staging, previous = self.path / ".adapter.partial", self.path / ".adapter.previous"
         self._refuse_foreign([staging, previous])
         if dist.is_main():
             shutil.rmtree(staging, ignore_errors=True)
         dist.barrier()
-        trainer.save_model(str(staging))
+        write(staging)
         self._refuse_foreign([self.adapter], staged=staging)
         if dist.is_main() and self.adapter.exists():  # a finished run resumed for more steps: its old adapter goes
             shutil.rmtree(previous, ignore_errors=True)
@@ -194,6 +263,19 @@ class RunDir:
         """Each file whole or not at all; the statistics first, so rows never exist without them."""
         replace_atomic(self.augmented_stats, json.dumps(stats, indent=2) + "\n")
         replace_atomic(self.augmented, "".join(json.dumps(r) + "\n" for r in rows))
+
+    # ------------------------------------------------------------ rejection sampling's kept samples
+
+    def read_kept(self) -> tuple[Path, dict] | None:
+        """(kept.jsonl, its statistics) of an earlier sampling of this run (a resumed run reuses them), or None."""
+        if not self.kept_stats.is_file() or not self.kept.is_file():
+            return None
+        return self.kept, json.loads(self.kept_stats.read_text())
+
+    def write_kept(self, rows: list[dict], stats: dict) -> None:
+        """The rows first, so statistics (what marks the sampling done) never exist without them."""
+        replace_atomic(self.kept, "".join(json.dumps(r) + "\n" for r in rows))
+        replace_atomic(self.kept_stats, json.dumps(stats, indent=2) + "\n")
 
 
 class _MetricsCallback(TrainerCallback):
@@ -276,6 +358,11 @@ def read_recipe(adapter_dir: Path) -> Recipe | None:
         raise LowtuneError(f"{path} cannot be read ({e}); the run's config is damaged") from None
     if not isinstance(raw, dict):
         raise LowtuneError(f"{path} is not a mapping of recipe sections; the run's config is damaged")
+    stages = raw.get("stages")
+    if isinstance(stages, list) and stages and isinstance(stages[-1], dict):  # a pipeline: its last stage trained it
+        last = RunDir(adapter_dir.parent).stage(len(stages), str(stages[-1].get("method")))
+        if last.config.is_file():
+            return read_recipe(last.adapter)
     sections = {}
     for name, cls in typing.get_type_hints(Recipe).items():
         if dataclasses.is_dataclass(cls) and isinstance(raw.get(name), dict):

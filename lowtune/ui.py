@@ -12,7 +12,7 @@ from rich.table import Table
 from transformers import TrainerCallback
 
 from lowtune import dist
-from lowtune.results import RunSummary
+from lowtune.results import PipelineSummary, RunSummary
 
 console = Console(highlight=False, quiet=not dist.is_main())  # several processes: the main one speaks
 
@@ -110,8 +110,28 @@ def progress_bar(description: str, total: int):
         yield lambda: progress.advance(task)
 
 
-def run_summary(run_path, summary: RunSummary) -> None:
+def pipeline_summary(run_path, summary: PipelineSummary) -> None:
+    """A pipeline's stages, one row each, the held-out accuracy across them, and where the last adapter went."""
+    rows = [("model", summary.model)]
+    for stage in summary.stages:
+        figures = f"{stage['steps']} steps, {stage['wall_time_s']:.1f} s"
+        if stage.get("final_loss") is not None:
+            figures += f", loss {stage['first_loss']:.3f} → {stage['final_loss']:.3f}"
+        if sampling := stage.get("sampling"):
+            figures += f", kept {sampling['kept']} of {sampling['generated']} samples"
+        rows.append((f"{stage['stage']}. {stage['method']}", f"{figures} ({stage['dir']})"))
+    if curve := summary.heldout_curve():
+        points = " → ".join(f"{p['after']} {p['accuracy']:.0%}" for p in curve)
+        rows.append((f"{curve[-1]['task']} accuracy (n={curve[-1]['n']})", points))
+    summary_table("lowtune pipeline", rows)
+    say(f'adapter of the last stage saved to {run_path}/adapter; try: lowtune generate {run_path} --prompt "..."')
+
+
+def run_summary(run_path, summary: RunSummary | PipelineSummary) -> None:
     """The table that ends `lowtune train`, and what to try next."""
+    if isinstance(summary, PipelineSummary):
+        pipeline_summary(run_path, summary)
+        return
     fit = summary.fit
     loss = "-" if fit.final_loss is None else f"{fit.first_loss:.4f} → {fit.final_loss:.4f}"
     rows = [

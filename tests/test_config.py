@@ -24,8 +24,13 @@ def test_defaults_without_a_file():
 @pytest.mark.parametrize("name", sorted(shipped_recipes()))
 def test_every_shipped_recipe_loads(name):
     recipe = load_recipe(shipped_recipes()[name])
-    assert recipe.method in TRAIN_CONFIG_CLASSES
     assert recipe.model.name
+    if recipe.stages:  # a pipeline is named after its stages' methods (sft-grpo), or after the method it follows (r1)
+        methods = [stage.method for stage in recipe.stages]
+        assert all(m in TRAIN_CONFIG_CLASSES for m in methods)
+        assert name.split("-") == methods or (name == "r1" and methods == ["sft", "grpo", "rejection_sampling"])
+        return
+    assert recipe.method in TRAIN_CONFIG_CLASSES
     # The recipe's name says its method (gpu/ presets name it after the slash); toolformer is SFT after augmentation.
     said = name.split("/")[-1].split("-")[0]
     assert said == recipe.method or (said == "toolformer" and recipe.method == "sft" and recipe.augment.tools)
@@ -187,7 +192,7 @@ def test_choices_are_documented_and_accepted_from_one_declaration():
     """A field's declared choices are the ones its doc lists and the only values the recipe accepts."""
     checked = 0
     for section in dataclasses.fields(Recipe):
-        if section.name in ("method", "train"):
+        if section.name in ("method", "train", "stages"):
             continue
         for f in dataclasses.fields(getattr(Recipe(), section.name)):
             dotted = f"{section.name}.{f.name}"
@@ -215,6 +220,7 @@ def test_every_method_has_its_train_config_class():
             "ppo": "lowtune.rl.config.PPOConfig",
             "orpo": "trl.experimental.orpo.ORPOConfig",
             "online_dpo": "trl.experimental.online_dpo.OnlineDPOConfig",
+            "rejection_sampling": "lowtune.config.rejection_sampling.RejectionSamplingConfig",
         }.get(method, f"trl.{cls.__name__}")
         assert explain(method)[-1] == ("train.*", "", f"any other field of {public}")
 

@@ -102,6 +102,11 @@ def test_multistep_rows_for_sft_and_grpo():
     assert list(prompts["answer"]) == [str(p.answer) for p in problems]
 
 
+def _words(text, add_special_tokens=False):
+    """Enough of a tokenizer for `evaluate.accuracy` when generation is replaced: a token per word."""
+    return {"input_ids": text.split()}
+
+
 class _Model:
     """Enough of a model for `evaluate.accuracy` when generation is replaced."""
 
@@ -126,11 +131,12 @@ def test_eval_task_multistep_scores_the_heldout_problems_of_data_steps(monkeypat
         return [answers.get(q) or str(python_value(q.removeprefix("What is ").rstrip("?"))) for q in questions]
 
     monkeypatch.setattr(evaluate, "generate", worked)
-    result = evaluate.heldout_accuracy(_Model(), None, recipe)
+    result = evaluate.heldout_accuracy(_Model(), _words, recipe)
     assert seen == [p.question for p in problems]
     assert result.task == "multistep" and result.n == 5 and result.accuracy == 1.0
+    assert result.mean_reply_tokens == sum(len(p.solution.split()) for p in problems) / 5  # the traces' words
     eval_steps = load_recipe(None, ["data.source=multistep", "eval.task=multistep", "eval.steps=2", "eval.n=3"])
-    assert evaluate.heldout_accuracy(_Model(), None, eval_steps).accuracy == 1.0
+    assert evaluate.heldout_accuracy(_Model(), _words, eval_steps).accuracy == 1.0
     assert seen[5:] == [p.question for p in multistep.heldout(3, 2, 2)]
 
 

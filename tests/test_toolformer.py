@@ -69,12 +69,13 @@ def test_generation_runs_the_tool_and_continues(tiny_path):
     tokenizer = models.load_tokenizer(str(tiny_path))
     stub = StubModel(tokenizer, ["12 * 24 is [Calculator(12 * 24) ->", " so the answer is 288."])
     reply, calls = generate_with_tools(stub, tokenizer, "What is 12 * 24?", [Calculator()])
-    assert calls == [{"tool": "Calculator", "arg": "12 * 24", "result": "288"}]
+    assert calls == [{"tool": "Calculator", "arg": "12 * 24", "result": "288", "well_formed": True}]
     assert reply == "12 * 24 is [Calculator(12 * 24) -> 288] so the answer is 288."
     assert stub.inputs[1].endswith("12 * 24 is [Calculator(12 * 24) -> 288]")  # the result was fed back
     stub = StubModel(tokenizer, ["[Unknown(1) ->", " done."])
     reply, calls = generate_with_tools(stub, tokenizer, "hi", [Calculator()])
-    assert calls == [{"tool": "Unknown", "arg": "1", "result": None}] and reply.startswith("[Unknown(1) ->]")
+    assert calls == [{"tool": "Unknown", "arg": "1", "result": None, "well_formed": False}]
+    assert reply.startswith("[Unknown(1) ->]")
     stub = StubModel(tokenizer, ["a ->", " b and on."])  # an arrow that is no call: decoding goes on
     reply, calls = generate_with_tools(stub, tokenizer, "hi", [Calculator()])
     assert calls == [] and reply == "a -> b and on."

@@ -39,6 +39,11 @@ _TRAIN_HIGHLIGHTS = (
     "cliprange_value",
     "vf_coef",
     "missing_eos_penalty",
+    # rejection sampling (lowtune.config.rejection_sampling.RejectionSamplingConfig)
+    "num_generations",
+    "max_completion_length",
+    "keep",
+    "sampling_batch_size",
 )
 
 

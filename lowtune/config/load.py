@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import yaml
 
 from lowtune.config.coerce import coerce
-from lowtune.config.schema import SECTIONS, At, Recipe, train_config_class
+from lowtune.config.schema import SECTIONS, STAGE_SECTIONS, At, Recipe, Stage, train_config_class
 from lowtune.errors import LowtuneError, did_you_mean
 
 
@@ -41,14 +42,29 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         target = raw
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
+            if isinstance(target, list):  # a pipeline's stage, by its number: stages.2.train.max_steps=50
+                if not part.isdigit() or not 1 <= int(part) <= len(target):
+                    raise LowtuneError(f"override {item!r}: {part} is not a stage number (1 to {len(target)})")
+                target = target[int(part) - 1]
+            else:
+                target = target.setdefault(part, {})
+            if not isinstance(target, (dict, list)) or (isinstance(target, list) and part != "stages"):
                 raise LowtuneError(f"override {item!r}: {part} is not a section")
+        if isinstance(target, list):
+            raise LowtuneError(f"override {item!r}: set a field of a stage, e.g. stages.2.train.max_steps=10")
         target[parts[-1]] = _override_value(value)
-        lines[key.strip()] = -1
+        lines[_dotted(parts)] = -1
         for i in range(1, len(parts)):  # a new section named by an override
-            lines.setdefault(".".join(parts[:i]), -1)
+            lines.setdefault(_dotted(parts[:i]), -1)
     return _build(raw, where, lines)
+
+
+def _dotted(parts: list[str]) -> str:
+    """An override's key as errors name it: stages.2.train.lr -> stages[2].train.lr."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if part.isdigit() and out else f"{'.' if out else ''}{part}"
+    return out
 
 
 def _override_value(text: str) -> Any:
@@ -69,6 +85,10 @@ def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
             key = f"{prefix}{k.value}"
             out[key] = k.start_mark.line + 1
             out.update(_key_lines(v, key + "."))
+            if isinstance(v, yaml.SequenceNode):  # a pipeline's stages: stages[1], stages[2], ...
+                for i, item in enumerate(v.value, 1):
+                    out[f"{key}[{i}]"] = item.start_mark.line + 1
+                    out.update(_key_lines(item, f"{key}[{i}]."))
     return out
 
 
@@ -84,7 +104,7 @@ def _build(raw: dict[str, Any], where: str, lines: dict[str, int]) -> Recipe:
             raise LowtuneError(f"{at(key)}: unknown section {key}{did_you_mean(str(key), SECTIONS)}")
     kwargs: dict[str, Any] = {}
     for name, tp in SECTIONS.items():
-        if name not in raw:
+        if name not in raw or name == "stages":
             continue
         value = raw[name]
         if name == "method":
@@ -95,10 +115,82 @@ def _build(raw: dict[str, Any], where: str, lines: dict[str, int]) -> Recipe:
             kwargs[name] = dict(value)
         else:
             kwargs[name] = _build_section(tp, value, name, at)
+    if "stages" in raw:
+        if kwargs.get("method", "pipeline") != "pipeline":
+            raise LowtuneError(
+                f"{at('method')}: a pipeline's stages name their methods; remove the top-level method "
+                f"{kwargs['method']} (or the stages, for one method)"
+            )
+        kwargs["method"] = "pipeline"
+    elif kwargs.get("method") == "pipeline":
+        raise LowtuneError(f"{at('method')}: method pipeline needs stages (a list of methods with their sections)")
     recipe = Recipe(**kwargs)
     recipe.check(at)
-    recipe.train = _check_train(recipe.method, recipe.train, at)
+    if recipe.method == "pipeline":
+        recipe.stages = _build_stages(raw["stages"], recipe, at)
+    else:
+        recipe.train = _check_train(recipe.method, recipe.train, at)
     return recipe
+
+
+def _build_stages(stages: Any, top: Recipe, at: At) -> list[Stage]:
+    """A pipeline's stages, each its own sections merged over the pipeline's (`top`) and checked as a recipe; errors
+    name the stage (`stages[2].train.learnig_rate`), numbered from 1 as the run's stages/ directories are."""
+    if not isinstance(stages, list) or not stages or not all(isinstance(s, dict) for s in stages):
+        raise LowtuneError(f"{at('stages')}: stages must be a list of stages, each a mapping with its method")
+    built = []
+    for i, raw in enumerate(stages, 1):
+        name = f"stages[{i}]"
+
+        def at_stage(key: str, name: str = name) -> str:  # a field the pipeline's sections set: where they set it
+            found = at(key)
+            return at(key.removeprefix(name + ".")) if found == at("") and key.startswith(name + ".") else found
+
+        for key in raw:
+            if key not in STAGE_SECTIONS:
+                where = "the pipeline's own (set it at the top)" if key in SECTIONS else "unknown"
+                raise LowtuneError(
+                    f"{at_stage(f'{name}.{key}')}: {name}.{key}: a stage sets {', '.join(STAGE_SECTIONS)}; "
+                    f"{key} is {where}{did_you_mean(str(key), STAGE_SECTIONS) if key not in SECTIONS else ''}"
+                )
+        if "method" not in raw:
+            raise LowtuneError(f"{at_stage(name)}: {name} names no method (e.g. method: sft)")
+        method = coerce(raw["method"], str, f"{name}.method", at_stage(f"{name}.method"))
+        if method == "pipeline":
+            raise LowtuneError(f"{at_stage(f'{name}.method')}: {name} is one method; list a pipeline's stages here")
+        if method == "reward":
+            raise LowtuneError(
+                f"{at_stage(f'{name}.method')}: {name}.method reward trains a reward model (a score head), not the "
+                "model the pipeline carries on; train it as its own run and name it in a ppo stage's rewards.model"
+            )
+        own: dict[str, Any] = {"method": method}
+        sections: dict[str, Any] = {}
+        for section in ("data", "rewards", "eval", "augment", "budget"):
+            value = raw.get(section) or {}
+            if not isinstance(value, dict):
+                raise LowtuneError(f"{at_stage(f'{name}.{section}')}: {name}.{section} must be a mapping of fields")
+            fields = _coerce_fields(SECTIONS[section], value, f"{name}.{section}", at_stage)
+            sections[section] = dataclasses.replace(copy.deepcopy(getattr(top, section)), **fields)
+            if fields:
+                own[section] = fields
+        recipe = Recipe(method=method, model=top.model, lora=top.lora, output=top.output, **sections)
+        recipe.check(at_stage, prefix=f"{name}.")
+        train = raw.get("train") or {}
+        if not isinstance(train, dict):
+            raise LowtuneError(f"{at_stage(f'{name}.train')}: {name}.train must be a mapping of TRL config fields")
+        try:
+            shared = _check_train(method, top.train, at)
+        except LowtuneError as e:
+            raise LowtuneError(
+                f"{e} ({name} is {method}; the pipeline's own train fields apply to every stage: move it into the "
+                "stages that take it)"
+            ) from None
+        own_train = _coerce_fields(train_config_class(method), train, f"{name}.train", at_stage)
+        recipe.train = {**shared, **own_train}
+        if own_train:
+            own["train"] = own_train
+        built.append(Stage(own, recipe))
+    return built
 
 
 def _build_section(cls: type, value: Any, name: str, at: At) -> Any:
@@ -107,6 +199,13 @@ def _build_section(cls: type, value: Any, name: str, at: At) -> Any:
     if not isinstance(value, dict):
         raise LowtuneError(f"{at(name)}: {name} must be a mapping of fields")
     return cls(**_coerce_fields(cls, value, name, at))
+
+
+# Names people write for `train` fields, and the field they mean (when no field's name is close to theirs).
+_SHORT_NAMES = {
+    "lr": "learning_rate", "batch_size": "per_device_train_batch_size", "epochs": "num_train_epochs",
+    "steps": "max_steps", "warmup": "warmup_steps", "grad_accum": "gradient_accumulation_steps",
+}  # fmt: skip
 
 
 def _check_train(method: str, train: dict[str, Any], at: At) -> dict[str, Any]:
@@ -122,6 +221,9 @@ def _coerce_fields(cls: type, value: dict[str, Any], name: str, at: At) -> dict[
     for key, v in value.items():
         dotted = f"{name}.{key}"
         if key not in fields:
-            raise LowtuneError(f"{at(dotted)}: unknown key {dotted}{did_you_mean(str(key), fields)}")
+            hint = did_you_mean(str(key), fields)
+            if "did you mean" not in hint and _SHORT_NAMES.get(key) in fields:
+                hint = f" — did you mean {_SHORT_NAMES[key]}?"
+            raise LowtuneError(f"{at(dotted)}: unknown key {dotted}{hint}")
         out[key] = coerce(v, hints.get(key, Any), dotted, at(dotted))
     return out

@@ -8,6 +8,7 @@ rules. A section's own `check` adds the rules that need a message of their own o
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import typing
@@ -94,6 +95,12 @@ def _ppo_config() -> type:
     return PPOConfig
 
 
+def _rejection_sampling_config() -> type:
+    from lowtune.config.rejection_sampling import RejectionSamplingConfig  # SFTConfig plus the sampling
+
+    return RejectionSamplingConfig
+
+
 # method -> the config class its `train` section is checked against and passed to, imported on first use
 # (importing trl takes seconds).
 TRAIN_CONFIG_CLASSES: dict[str, Callable[[], type]] = {
@@ -106,10 +113,16 @@ TRAIN_CONFIG_CLASSES: dict[str, Callable[[], type]] = {
     "rloo": _rloo_config,
     "orpo": _orpo_config,
     "online_dpo": _online_dpo_config,
+    "rejection_sampling": _rejection_sampling_config,
 }
 # The methods that sample completions of prompts and score them with the rule rewards: their `auto` system
 # prompt is the reasoning prompt.
-REASONING_METHODS = ("grpo", "rloo", "online_dpo")
+REASONING_METHODS = ("grpo", "rloo", "online_dpo", "rejection_sampling")
+# The sections a pipeline's stage may set (merged over the recipe's own); model, lora and output are the pipeline's.
+STAGE_SECTIONS = ("method", "data", "train", "rewards", "eval", "augment", "budget")
+# The methods that put a fresh adapter on the bare base themselves and take their reference by switching it off: a
+# later stage of a pipeline merges the adapter so far into the base first (the reference is the model so far).
+FRESH_ADAPTER_METHODS = ("dpo", "kto", "online_dpo")
 
 
 def train_config_class(method: str) -> type:
@@ -252,6 +265,11 @@ class LoraConfig(Section):
     )
     use_dora: bool = _doc("weight-decomposed LoRA (DoRA, Liu et al. 2024)", default=False)
     use_rslora: bool = _doc("rank-stabilized scaling alpha / sqrt(r) (Kalajdzievski 2023)", default=False)
+    start_from: str | None = _doc(
+        "train this PEFT adapter further (a run or adapter directory on the same base) instead of a fresh one; "
+        "its rank and target modules are the adapter's. A pipeline's later stages start from the stage before",
+        default=None,
+    )
 
 
 @dataclass
@@ -412,6 +430,16 @@ class AugmentConfig(Section):
         default=False,
     )
     batch_size: int = _doc("sequences per forward pass or sampling batch", positive=True, default=32)
+    format: str = _doc(
+        "how SFT sees the kept calls",
+        choices={
+            "inline": "written into the reply, [Calculator(12 + 30) -> 42]",
+            "tool_calls": "native tool calls: the reply becomes assistant turns with tool_calls and tool messages "
+            "with the results, rendered by the chat template with the tools' schemas (a ChatML model without "
+            "tools in its template gets lowtune's)",
+        },
+        default="inline",
+    )
 
     def check(self, name: str, at: At) -> None:
         _check_tools(f"{name}.tools", self.tools, at)
@@ -451,9 +479,22 @@ class Recipe:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    stages: list[Stage] = _doc(
+        "a pipeline: methods run in order on one adapter, each stage a mapping of method, data, train, rewards, "
+        "eval, augment and budget merged over the recipe's own sections (docs/recipes.md, Pipelines)",
+        default_factory=list,
+    )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The recipe as YAML writes it (a run's config.yaml); a pipeline's stages as they were written."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "stages":
+                out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+        if self.stages:
+            out["stages"] = [dict(stage.own) for stage in self.stages]
+        return out
 
     def system_prompt(self) -> str | None:
         """The system message for prompts, with `auto` resolved per method."""
@@ -461,16 +502,39 @@ class Recipe:
             return REASONING_PROMPT if self.method in REASONING_METHODS else None
         return self.data.system_prompt
 
-    def check(self, at: At) -> None:
-        """Check the method and every section (`train` is checked against its config class when it is built)."""
-        if self.method not in TRAIN_CONFIG_CLASSES:
-            raise LowtuneError(f"{at('method')}: {_unknown('method', self.method, TRAIN_CONFIG_CLASSES)}")
+    def check(self, at: At, prefix: str = "") -> None:
+        """Check the method and every section (`train` is checked against its config class when it is built).
+        `prefix`: where a stage's sections sit (`stages[2].`), named in its errors."""
+        pipeline = self.method == "pipeline"  # its stages are checked as they are built (lowtune.config.load)
+        if not pipeline and self.method not in TRAIN_CONFIG_CLASSES:
+            unknown = _unknown(prefix + "method", self.method, TRAIN_CONFIG_CLASSES)
+            raise LowtuneError(f"{at(prefix + 'method')}: {unknown}")
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if isinstance(section, Section):
-                section.check(f.name, at)
+                section.check(prefix + f.name, at)
+        if pipeline:
+            return
         if self.augment.tools and self.method != "sft":
-            raise LowtuneError(f"{at('augment.tools')}: Toolformer augmentation feeds SFT; set method: sft")
+            raise LowtuneError(f"{at(prefix + 'augment.tools')}: Toolformer augmentation feeds SFT; set method: sft")
+        if self.lora.start_from and self.method in (*FRESH_ADAPTER_METHODS, "reward"):
+            raise LowtuneError(
+                f"{at('lora.start_from')}: {self.method} puts a fresh adapter on the bare base and cannot train an "
+                f"existing one; merge it first (`lowtune merge RUN --out DIR`) and set model.name to DIR"
+            )
+
+
+@dataclass
+class Stage:
+    """One stage of a pipeline: its own fields as the recipe wrote them (`own`: method and the sections it sets, what
+    config.yaml records) and its whole recipe (`recipe`: those merged over the pipeline's sections, checked)."""
+
+    own: dict[str, Any]
+    recipe: Recipe
+
+    @property
+    def method(self) -> str:
+        return self.recipe.method
 
 
 SECTIONS = typing.get_type_hints(Recipe)

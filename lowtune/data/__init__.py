@@ -4,7 +4,9 @@ Formats (one table, `lowtune.data.formats`; docs/data.md shows each with an exam
 
 - `messages`: {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}; the last
   turn is the assistant's. For SFT it becomes a conversational prompt/completion pair (all turns
-  before the last assistant reply / that reply), so the loss covers the final reply only.
+  before the last assistant reply / that reply), so the loss covers the final reply only. With tool
+  calls (TRL's tool-calling format: assistant `tool_calls`, `tool` messages, a `tools` column of JSON
+  schemas) the completion is the whole exchange after the last user turn: calls, results and reply.
 - `prompt_completion`: {"prompt": str, "completion": str}; loss on the completion.
 - `text`: {"text": str}; loss on every token.
 - `prompt_answer`: {"prompt": str or messages, "answer": str or number}; for GRPO (rewards compare

@@ -8,7 +8,7 @@ import re
 
 from lowtune.config import DataConfig
 from lowtune.data.formats import KINDS, detect_format
-from lowtune.data.rows import RowError, messages_field, read_rows, text_field, validate
+from lowtune.data.rows import RowError, messages_field, read_rows, text_field, tools_field, validate
 from lowtune.errors import LowtuneError
 
 
@@ -32,6 +32,9 @@ def load(cfg: DataConfig, kind: str = "sft", system_prompt: str | None = None):
         )
     build = sft_record if kind == "sft" else prompt_record
     records, _ = validate(rows, fmt, build, cfg.bad_rows)
+    if any("tools" in r for r in records):  # Dataset.from_list takes its columns from the first record
+        for r in records:
+            r.setdefault("tools", None)
     if system_prompt:
         for r in records:
             if isinstance(r.get("prompt"), list) and r["prompt"][0]["role"] != "system":
@@ -51,7 +54,17 @@ def sft_record(row: dict, fmt: str) -> dict:
             "completion": [{"role": "assistant", "content": answer}],
         }
     clean = messages_field(row)
-    return {"prompt": clean[:-1], "completion": clean[-1:]}
+    # The completion is the last reply, and with a tool exchange before it the calls and results too: the model
+    # learns to make the calls.
+    start = len(clean) - 1
+    while start > 0 and (clean[start - 1]["role"] == "tool" or "tool_calls" in clean[start - 1]):
+        start -= 1
+    if start == 0:
+        raise RowError("field 'messages' needs a user turn before the assistant's tool calls")
+    record = {"prompt": clean[:start], "completion": clean[start:]}
+    if row.get("tools") is not None:
+        record["tools"] = tools_field(row)
+    return record
 
 
 def prompt_record(row: dict, fmt: str) -> dict:

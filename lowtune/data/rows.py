@@ -8,6 +8,7 @@ rows at once as `file:line: field: problem`, so nothing trains on data with mist
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,22 +127,68 @@ def text_field(row: dict, key: str) -> str:
 
 def messages_field(row: dict, field: str = "messages", last_assistant: bool = True) -> list[dict]:
     """The conversation in `field` as clean {role, content} messages; with `last_assistant`, it must end with
-    the assistant's reply and have a turn before it."""
+    the assistant's reply and have a turn before it. A tool exchange keeps its parts (TRL's tool-calling format):
+    an assistant turn's `tool_calls` (its content may then be empty), a tool message's `tool_call_id` and `name`."""
     messages = row.get(field)
     if messages is None:
         raise RowError(f"field '{field}' is missing")
     if not isinstance(messages, list) or not messages:
         raise RowError(f"field '{field}' must be a non-empty list of {{role, content}}")
+    clean = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise RowError(f"field '{field}[{i}]' must be an object with role and content")
         if m.get("role") not in ROLES:
             raise RowError(f"field '{field}[{i}].role' is {m.get('role')!r}; use one of {', '.join(ROLES)}")
-        if not isinstance(m.get("content"), str) or not m["content"].strip():
+        calls = m.get("tool_calls") if m["role"] == "assistant" else None  # None or [] where a dataset has no call
+        if calls:
+            tool_calls_field(calls, f"{field}[{i}].tool_calls")
+        content = m.get("content")
+        if not (isinstance(content, str) and content.strip()) and not (calls and content in (None, "")):
             raise RowError(f"field '{field}[{i}].content' is missing or empty")
+        kept = {"tool_calls": calls} if calls else {}
+        if m["role"] == "tool":
+            kept = {k: m[k] for k in ("tool_call_id", "name") if isinstance(m.get(k), str)}
+        clean.append({"role": m["role"], "content": content or "", **kept})
     if last_assistant:
         if messages[-1]["role"] != "assistant":
             raise RowError(f"field '{field}[{len(messages) - 1}].role': the last turn must be the assistant's")
         if len(messages) < 2:
             raise RowError(f"field '{field}' needs at least one turn before the assistant reply")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return clean
+
+
+def tool_calls_field(calls, where: str) -> None:
+    """An assistant turn's calls: a list of {"type": "function", "function": {"name", "arguments"}}."""
+    if not isinstance(calls, list):
+        raise RowError(f"field '{where}' must be a list of calls")
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise RowError(
+                f"field '{where}[{j}].function.name' is missing; a call is "
+                '{"type": "function", "function": {"name": ..., "arguments": {...}}}'
+            )
+        if not isinstance(function.get("arguments", {}), (dict, str)):
+            raise RowError(f"field '{where}[{j}].function.arguments' must be an object (or its JSON text)")
+
+
+def tools_field(row: dict) -> str:
+    """The row's `tools` (the JSON schemas of the tools its calls use) as JSON text, which TRL reads: a list of
+    {"type": "function", "function": {"name", ...}} or that list's JSON text."""
+    tools = row["tools"]
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except ValueError as e:
+            raise RowError(f"field 'tools' is not JSON ({e})") from None
+    if not isinstance(tools, list):
+        raise RowError("field 'tools' must be a list of JSON schemas (or its JSON text)")
+    for j, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise RowError(
+                f"field 'tools[{j}].function.name' is missing; a tool is "
+                '{"type": "function", "function": {"name", "description", "parameters"}}'
+            )
+    return json.dumps(tools)

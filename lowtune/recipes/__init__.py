@@ -1,9 +1,10 @@
 """The training methods, one module each, and the recipes that ship with lowtune.
 
-`train(recipe)` runs the method the recipe names. Each method module has `TRAIN_DEFAULTS` (its defaults for
-TRL's config) and `run(recipe, run_dir, placement, args) -> RunSummary`: it loads its model and data, builds
-its TRL trainer and trains it with `lowtune.training.fit`. What they share lives in lowtune.training,
-lowtune.evaluate, lowtune.runs and lowtune.placement, once.
+`train(recipe)` runs the method the recipe names, or a pipeline's stages one after another (`pipeline`). Each method
+module has `TRAIN_DEFAULTS` (its defaults for TRL's config) and `run(recipe, run_dir, placement, args) -> RunSummary`:
+it loads its model and data, builds its TRL trainer and trains it with `lowtune.training.fit`. Rejection sampling
+ends in SFT: its `run` is handed the sft method's. What they share lives in lowtune.training, lowtune.evaluate,
+lowtune.runs and lowtune.placement, once.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from lowtune import dist, models, training, ui
 from lowtune.config import Recipe
 from lowtune.errors import LowtuneError, did_you_mean
 from lowtune.placement import Placement
-from lowtune.recipes import dpo, grpo, kto, online_dpo, orpo, ppo, reward, rloo, sft
-from lowtune.results import RunSummary
+from lowtune.recipes import dpo, grpo, kto, online_dpo, orpo, pipeline, ppo, rejection_sampling, reward, rloo, sft
+from lowtune.results import PipelineSummary, RunSummary
 from lowtune.runs import RunDir
 
 METHODS = {
     "sft": sft, "grpo": grpo, "reward": reward, "dpo": dpo, "ppo": ppo, "kto": kto, "rloo": rloo, "orpo": orpo,
-    "online_dpo": online_dpo,
+    "online_dpo": online_dpo, "rejection_sampling": rejection_sampling,
 }  # fmt: skip
 SHIPPED = [
     Path(__file__).resolve().parent.parent / "shipped_recipes",  # inside an installed wheel
@@ -57,13 +58,13 @@ def train_defaults(method: str) -> dict[str, Any]:
 
 def train(
     recipe: Recipe, resume: Path | None = None, plan: dict | None = None, smoke: bool = False
-) -> tuple[RunDir, RunSummary]:
-    """Create the run directory (or reopen `resume` at its last checkpoint), run the method, write
-    summary.json; returns (run, summary). `plan`: what `lowtune train --fit` planned, recorded with the peak
-    measured on CUDA. `smoke`: the recipe was made a smoke run (`lowtune train --smoke`), marked in summary.json."""
+) -> tuple[RunDir, RunSummary | PipelineSummary]:
+    """Create the run directory (or reopen `resume` at its last checkpoint), run the method (a pipeline: each stage
+    in turn), write summary.json; returns (run, summary). `plan`: what `lowtune train --fit` planned, recorded with
+    the peak measured on CUDA. `smoke`: the recipe was made a smoke run (`lowtune train --smoke`), marked in
+    summary.json (a pipeline's stages' too)."""
     from transformers import set_seed
 
-    method = METHODS[recipe.method]
     models.resolve_path(recipe.model.name, ui.say)  # a model that is not there stops the run before its directory
     placement = Placement.resolve(recipe.model)
     set_seed(recipe.data.seed)  # the LoRA init too: the same recipe gives the same run
@@ -74,12 +75,28 @@ def train(
         ui.say(f"run directory {run.path}" + (f" ({dist.world_size()} processes)" if dist.distributed() else ""))
     else:
         run = RunDir.reopen(Path(resume), write=dist.is_main())
-        ui.say(f"resuming {run.path} from {run.resume_from}")
+        ui.say(f"resuming {run.path}" + (f" from {run.resume_from}" if run.resume_from else ""))
     ui.say(f"placement: {placement.describe()}")
-    try:
+
+    def run_method(recipe: Recipe, run: RunDir, placement: Placement) -> RunSummary:
         # The arguments before the model: under ZeRO-3 they register the DeepSpeed config that shards the load.
+        method = METHODS[recipe.method]
         args = training.trl_args(recipe, run, placement, method.TRAIN_DEFAULTS)
-        summary = method.run(recipe, run, placement, args)
+        if method is rejection_sampling:
+            summary = rejection_sampling.run(recipe, run, placement, args, train_sft=sft.run)
+        else:
+            summary = method.run(recipe, run, placement, args)
+        summary.placement, summary.processes, summary.smoke = placement.to_dict(), dist.world_size(), smoke
+        return summary
+
+    try:
+        if recipe.stages:
+            for number, stage in enumerate(recipe.stages, 1):  # every stage's settings, before the first trains
+                training.trl_args(stage.recipe, run.stage(number, stage.method), placement,
+                                  METHODS[stage.method].TRAIN_DEFAULTS)  # fmt: skip
+            summary = pipeline.run(recipe, run, placement, run_method)
+        else:
+            summary = run_method(recipe, run, placement)
     except BaseException:
         # A run that fails for any reason before its first save (bad data, a model that does not load,
         # Ctrl-C, a bug) leaves no half-made directory behind, so the next run gets its name; once a

@@ -7,7 +7,12 @@ Set `train.packing=true` to pack short rows into `train.max_length` blocks.
 With `augment.tools`, Toolformer (Schick et al. 2023) comes first: the base model (adapter off)
 annotates every reply or text with the tool calls that make what follows easier to predict
 (`lowtune.toolformer`), and SFT trains on the annotated rows, so the model learns when and how to
-call the tools. The annotated rows go to the run's augmented.jsonl, which `--resume` reuses.
+call the tools. The annotated rows go to the run's augmented.jsonl, which `--resume` reuses. With
+`augment.format: tool_calls` the kept calls become native tool calls (assistant `tool_calls` turns and
+`tool` messages, `lowtune.toolformer.tool_calls`) instead of text in the reply.
+
+Data with tool calls needs a chat template that renders them: a ChatML model whose template has no tools
+gets lowtune's (`CHATML_TOOLS_TEMPLATE`), saved with the adapter's tokenizer.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import time
 
 from lowtune import data, dist, models, training, ui
 from lowtune.config import Recipe
+from lowtune.data.records import sft_record
 from lowtune.errors import LowtuneError
 from lowtune.evaluate import heldout_accuracy
 from lowtune.placement import Placement
 from lowtune.results import BeforeAfter, RunSummary
 from lowtune.runs import RunDir
+from lowtune.toolformer.tool_calls import ensure_tool_template, tool_call_row
 
 TRAIN_DEFAULTS = dict(learning_rate=2e-4, max_length=1024)
 
@@ -33,6 +40,9 @@ def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSumma
     augmented = None
     if recipe.augment.tools:
         dataset, augmented = toolformer(model, tokenizer, recipe, run_dir, dataset)
+    if "tools" in dataset.column_names and ensure_tool_template(tokenizer):
+        ui.say("the data has tool calls and the chat template has none: lowtune's ChatML template with tools is set "
+               "on the tokenizer (saved with the adapter)")  # fmt: skip
 
     with model.disable_adapter():
         before = heldout_accuracy(model, tokenizer, recipe, before=True)
@@ -80,6 +90,11 @@ def toolformer(model, tokenizer, recipe: Recipe, run_dir: RunDir, dataset):
     dist.refuse("Toolformer augmentation (augment.tools)")
     cfg = recipe.augment
     records = list(dataset)
+    if cfg.format == "tool_calls" and "prompt" not in records[0]:
+        raise LowtuneError(
+            "augment.format: tool_calls needs a prompt per row (messages or prompt/completion data): the calls "
+            "answer a user turn, and text rows have none"
+        )
     earlier = run_dir.read_augmented()
     if earlier is not None:  # --resume: the rows this run already trained on
         rows, stats = earlier
@@ -105,4 +120,14 @@ def toolformer(model, tokenizer, recipe: Recipe, run_dir: RunDir, dataset):
             "Sample more (augment.top_k, augment.samples), lower augment.tau_f, or use more data."
         )
     ui.say(f"Toolformer: {stats['rows_with_calls']} of {len(rows)} rows got a call; training on {len(keep)} rows")
+    if cfg.format == "tool_calls":
+        tools = [load_tool(t) for t in cfg.tools]
+        return Dataset.from_list([_with_tool_calls(records[i], rows[i]["annotated"], tools) for i in keep]), stats
     return Dataset.from_list([_with_reply(records[i], rows[i]["annotated"]) for i in keep]), stats
+
+
+def _with_tool_calls(record: dict, annotated: str, tools: list) -> dict:
+    """The record with its reply's kept calls as native tool calls: prompt, completion (assistant turns with
+    tool_calls, tool messages, the reply) and the tools' schemas."""
+    prompt = record["prompt"] if isinstance(record["prompt"], list) else [{"role": "user", "content": record["prompt"]}]
+    return sft_record(tool_call_row(annotated, tools, prompt), "messages")

@@ -33,6 +33,7 @@ import torch
 from lowtune.files import write_new_text
 from lowtune.toolformer.calls import format_call, open_bracket_ids
 from lowtune.toolformer.filter import call_gain, keep_call, open_probability, weighted_losses
+from lowtune.toolformer.tool_calls import tool_call_row
 from lowtune.tools import run_tool
 
 # Paper defaults (Appendix A): the calculator samples many positions cheaply, other tools fewer.
@@ -70,11 +71,17 @@ class Augmented:
     calls: list[dict] = field(default_factory=list)  # kept calls: tool, arg, result, position, gain
 
 
-def write_results(out: Path, results: list[Augmented]) -> None:
+def write_results(out: Path, results: list[Augmented], fmt: str = "inline", tools: list | None = None) -> None:
     """Write `lowtune augment`'s rows to `out` as JSON lines, whole or not at all: a unique temporary beside
-    it, then linked into place, refusing to replace a file that appeared at `out` while augmenting."""
-    rows = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in results)
-    write_new_text(Path(out), rows, doing="augmenting")
+    it, then linked into place, refusing to replace a file that appeared at `out` while augmenting.
+
+    `inline`: {text, annotated, calls}, the calls written into the text; `tool_calls`: TRL's tool-calling rows
+    {messages, tools} for `tools` (`lowtune.toolformer.tool_calls.tool_call_row`; the text is the assistant's)."""
+    if fmt == "tool_calls":
+        rows = [tool_call_row(r.annotated, tools or []) for r in results]
+    else:
+        rows = [dataclasses.asdict(r) for r in results]
+    write_new_text(Path(out), "".join(json.dumps(r) + "\n" for r in rows), doing="augmenting")
 
 
 class Augmenter:

@@ -6,6 +6,8 @@ and `__call__(arg: str) -> str | None`, None meaning no result. Two optional att
 Toolformer's augmentation: `precedes`, a regular expression for what a result can stand before (the
 calculator's: a number; positions elsewhere are not sampled), and `usable(arg, before) -> bool`, whether
 a call can stand after the text `before` (the calculator's: every number in it is already written).
+A third, `function`, is a documented Python function with the tool's parameters, from which its JSON
+schema for native tool calls is made (transformers' `get_json_schema`; the calculator's: `calculator`).
 `run_tool` is how lowtune calls one: with a time limit, and an exception or a non-string result counts
 as a failed call (None), so a misbehaving tool never stops a pipeline.
 

@@ -38,39 +38,14 @@ _OPERATORS = {
 }
 
 
-class Calculator:
-    name = "Calculator"
-    description = "Computes + - * / on numbers, e.g. Calculator(400 / 1400) -> 0.29."
-    examples = [
-        ("Out of 1400 participants, 400 (or 29%) passed the test.",
-         "Out of 1400 participants, 400 (or [Calculator(400 / 1400) -> 0.29] 29%) passed the test."),
-        ("The shop sold 12 boxes of 24 eggs, 288 eggs in all.",
-         "The shop sold 12 boxes of 24 eggs, [Calculator(12 * 24) -> 288] 288 eggs in all."),
-        ("Jo had 350 marbles and lost 125, so 225 marbles were left.",
-         "Jo had 350 marbles and lost 125, so [Calculator(350 - 125) -> 225] 225 marbles were left."),
-        ("The bus drove 412 km in the morning and 239 km after lunch, 651 km that day.",
-         "The bus drove 412 km in the morning and 239 km after lunch, [Calculator(412 + 239) -> 651] 651 km that day."),
-    ]  # fmt: skip
-    precedes = r"[$€£]?-?\d"  # a result only helps predict a number: positions elsewhere are not sampled
-
-    def __call__(self, arg: str) -> str | None:
-        # A call must compute something: "[Calculator(13780) -> 13780]" only copies a number the annotating
-        # model read further on in the text, and teaches nothing a model could repeat without that text.
-        return calculator(arg) if _OPERATION.search(arg) else None
-
-    @staticmethod
-    def usable(arg: str, before: str) -> bool:
-        """Toolformer augmentation: a call can stand where every number in it has already been written."""
-        said = {n.replace(",", "") for n in _NUMBER.findall(before)}
-        return all(n.replace(",", "") in said for n in _NUMBER.findall(arg))
-
-
-class _Rejected(Exception):
-    pass
-
-
 def calculator(expression: str) -> str | None:
-    """The rounded value of an arithmetic expression, or None when it is not one lowtune evaluates."""
+    """Compute an arithmetic expression: + - * / and parentheses on numbers, rounded to 2 decimals.
+
+    Args:
+        expression: The expression, e.g. "400 / 1400".
+    """
+    # The docstring above is also the tool's JSON schema in chat templates (Calculator.function): a model reads
+    # it. A failed evaluation is None (see the module's docstring).
     if not isinstance(expression, str) or len(expression) > MAX_LENGTH:
         return None
     text = _THOUSANDS.sub(lambda m: m.group().replace(",", ""), expression.translate(_SYMBOLS)).strip()
@@ -86,6 +61,38 @@ def calculator(expression: str) -> str | None:
     except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, _Rejected):
         return None
     return _format(value)
+
+
+class Calculator:
+    name = "Calculator"
+    description = "Computes + - * / on numbers, e.g. Calculator(400 / 1400) -> 0.29."
+    examples = [
+        ("Out of 1400 participants, 400 (or 29%) passed the test.",
+         "Out of 1400 participants, 400 (or [Calculator(400 / 1400) -> 0.29] 29%) passed the test."),
+        ("The shop sold 12 boxes of 24 eggs, 288 eggs in all.",
+         "The shop sold 12 boxes of 24 eggs, [Calculator(12 * 24) -> 288] 288 eggs in all."),
+        ("Jo had 350 marbles and lost 125, so 225 marbles were left.",
+         "Jo had 350 marbles and lost 125, so [Calculator(350 - 125) -> 225] 225 marbles were left."),
+        ("The bus drove 412 km in the morning and 239 km after lunch, 651 km that day.",
+         "The bus drove 412 km in the morning and 239 km after lunch, [Calculator(412 + 239) -> 651] 651 km that day."),
+    ]  # fmt: skip
+    precedes = r"[$€£]?-?\d"  # a result only helps predict a number: positions elsewhere are not sampled
+    function = staticmethod(calculator)  # its parameters and docstring: the tool's JSON schema (native tool calls)
+
+    def __call__(self, arg: str) -> str | None:
+        # A call must compute something: "[Calculator(13780) -> 13780]" only copies a number the annotating
+        # model read further on in the text, and teaches nothing a model could repeat without that text.
+        return calculator(arg) if _OPERATION.search(arg) else None
+
+    @staticmethod
+    def usable(arg: str, before: str) -> bool:
+        """Toolformer augmentation: a call can stand where every number in it has already been written."""
+        said = {n.replace(",", "") for n in _NUMBER.findall(before)}
+        return all(n.replace(",", "") in said for n in _NUMBER.findall(arg))
+
+
+class _Rejected(Exception):
+    pass
 
 
 def _depth(text: str) -> int:
