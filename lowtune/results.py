@@ -97,8 +97,24 @@ class BeforeAfter(Generic[T]):
     after: T | None
 
 
+class SummaryMapping(Mapping):
+    """A summary that reads as the JSON it writes (`to_dict()`): summary["steps"], dict(summary), ==."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+
 @dataclasses.dataclass(eq=False)  # compares as the JSON it reads like (collections.abc.Mapping's ==)
-class RunSummary(Mapping):
+class RunSummary(SummaryMapping):
     method: str
     model: str
     rows: int  # training rows (pairs, prompts) after skipping bad ones
@@ -140,18 +156,9 @@ class RunSummary(Mapping):
             out["smoke"] = True
         return out
 
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
-
 
 @dataclasses.dataclass(eq=False)  # compares as the JSON it reads like, as RunSummary
-class PipelineSummary(Mapping):
+class PipelineSummary(SummaryMapping):
     """A pipeline's summary.json: each stage's summary as its own summary.json holds it (with its number, method and
     directory), the totals, and the held-out accuracy before the first stage and after each."""
 
@@ -197,12 +204,3 @@ class PipelineSummary(Mapping):
         if self.smoke:
             out["smoke"] = True
         return out
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())

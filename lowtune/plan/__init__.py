@@ -282,6 +282,14 @@ def _cut_rows(max_length: int | None, lengths: list[int]) -> int:
     return 0 if max_length is None else sum(n > max_length for n in lengths)
 
 
+def _collate_longest(trainer, lengths: list[int], mode) -> tuple[dict, int]:
+    """The trainer's collated batch of its longest processed rows (by `lengths`), fake, and its width in tokens."""
+    processed = trainer.train_dataset
+    batch = trainer.data_collator([processed[i] for i in _longest(lengths, trainer.args.per_device_train_batch_size)])
+    width = max(v.shape[-1] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() == 2)
+    return _fake_batch(mode, batch), int(width)
+
+
 class _DPO(_Method):
     adapts = True  # lowtune.recipes.dpo
 
@@ -294,10 +302,8 @@ class _DPO(_Method):
         processed = trainer.train_dataset
         triples = zip(processed["prompt_ids"], processed["chosen_ids"], processed["rejected_ids"], strict=True)
         lengths = [len(p) + max(len(c), len(r)) for p, c, r in triples]
-        rows_ = [processed[i] for i in _longest(lengths, trainer.args.per_device_train_batch_size)]
-        batch = trainer.data_collator(rows_)  # it truncates to max_length, as in training
-        width = max(v.shape[-1] for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() == 2)
-        return _fake_batch(mode, batch), int(width), _cut_rows(trainer.args.max_length, lengths)
+        batch, width = _collate_longest(trainer, lengths, mode)  # the collator truncates to max_length, as in training
+        return batch, width, _cut_rows(trainer.args.max_length, lengths)
 
 
 class _Reward(_Method):
@@ -315,12 +321,9 @@ class _Reward(_Method):
     def worst_batch(recipe, trainer, tokenizer, pairs, mode):
         from lowtune.recipes import reward
 
-        processed = trainer.train_dataset
-        rows_ = [processed[i] for i in _longest(list(processed["length"]), trainer.args.per_device_train_batch_size)]
-        batch = trainer.data_collator(rows_)
-        width = max(v.shape[-1] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() == 2)
+        batch, width = _collate_longest(trainer, list(trainer.train_dataset["length"]), mode)
         _, cut = reward.tokenize_pairs(pairs.train, tokenizer, trainer.args.max_length)  # sequences kept by their end
-        return _fake_batch(mode, batch), int(width), cut
+        return batch, width, cut
 
 
 class _KTO(_Method):
@@ -335,10 +338,8 @@ class _KTO(_Method):
         processed = trainer.train_dataset
         lengths = [len(p) + len(c) for p, c in zip(processed["prompt_ids"], processed["completion_ids"], strict=True)]
         # the collator pairs each prompt with another row's completion for the KL estimate: of the longest too
-        rows_ = [processed[i] for i in _longest(lengths, trainer.args.per_device_train_batch_size)]
-        batch = trainer.data_collator(rows_)  # it truncates to max_length, as in training
-        width = max(v.shape[-1] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() == 2)
-        return _fake_batch(mode, batch), int(width), _cut_rows(trainer.args.max_length, lengths)
+        batch, width = _collate_longest(trainer, lengths, mode)
+        return batch, width, _cut_rows(trainer.args.max_length, lengths)
 
 
 class _ORPO(_Method):
@@ -351,11 +352,9 @@ class _ORPO(_Method):
         processed = trainer.train_dataset  # TRL's ORPO truncates as it tokenizes: a row at max_length was cut
         lengths = [max(len(c), len(r)) for c, r in zip(processed["chosen_input_ids"], processed["rejected_input_ids"],
                                                         strict=True)]  # fmt: skip
-        rows_ = [processed[i] for i in _longest(lengths, trainer.args.per_device_train_batch_size)]
-        batch = trainer.data_collator(rows_)
-        width = max(v.shape[-1] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() == 2)
+        batch, width = _collate_longest(trainer, lengths, mode)
         cut = sum(n >= trainer.args.max_length for n in lengths) if trainer.args.max_length else 0
-        return _fake_batch(mode, batch), int(width), cut
+        return batch, width, cut
 
 
 class _GRPO(_Method):
