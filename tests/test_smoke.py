@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from lowtune import recipes
-from lowtune.cli import main, smoke_overrides
+from lowtune.cli import main
 from lowtune.config import load_recipe
+from lowtune.recipes import smoke_overrides
 
 
 def smoke(tmp_path, capsys, name, *overrides):

@@ -9,6 +9,7 @@ lowtune.runs and lowtune.placement, once.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,31 @@ def trl_args(recipe: Recipe, run: RunDir):
     """TRL's config for the recipe's method as `train` builds it, placed for this machine (for scripts and tests
     that build a method's trainer themselves)."""
     return training.trl_args(recipe, run, Placement.resolve(recipe.model), METHODS[recipe.method].TRAIN_DEFAULTS)
+
+
+SMOKE_TOKENS = 16  # the length of a smoke run's sampled completions and held-out answers
+SMOKE_ROWS = 8  # the rows a smoke run's Toolformer augmentation annotates (rejection sampling: samples replies to)
+
+
+def smoke_overrides(recipe) -> list[str]:
+    """`lowtune train --smoke`: the overrides that make `recipe` a quick end-to-end check. 2 steps, 2 held-out
+    problems answered in at most SMOKE_TOKENS tokens (and 2 held-out pairs for reward, DPO and ORPO), no periodic
+    evaluation or time budget; the methods that sample (GRPO, RLOO, online DPO, PPO, rejection sampling) sample at most
+    SMOKE_TOKENS tokens too, and Toolformer annotates SMOKE_ROWS rows (it annotates every training row before the
+    first step; rejection sampling samples replies to that many prompts for the same reason). A pipeline: each
+    stage's, set in the stage (`stages.2.train.max_steps=2`), so that every stage is a smoke run."""
+    from lowtune.config import REASONING_METHODS, train_config_class
+
+    if recipe.stages:
+        return [f"stages.{i}.{o}" for i, stage in enumerate(recipe.stages, 1) for o in smoke_overrides(stage.recipe)]
+    out = ["train.max_steps=2", "eval.n=2", f"eval.max_new_tokens={min(recipe.eval.max_new_tokens, SMOKE_TOKENS)}",
+           "eval.every_minutes=null", "budget.minutes=null", "data.heldout=2"]  # fmt: skip
+    if recipe.method in (*REASONING_METHODS, "ppo"):
+        fields = {f.name: f.default for f in dataclasses.fields(train_config_class(recipe.method))}
+        settings = {**fields, **train_defaults(recipe.method), **recipe.train}
+        for key in ("max_completion_length", "max_new_tokens"):
+            if settings.get(key) is not None:
+                out.append(f"train.{key}={min(settings[key], SMOKE_TOKENS)}")
+    if recipe.augment.tools or recipe.method == "rejection_sampling":  # both go over every row before step 1
+        out.append(f"data.max_rows={min(recipe.data.max_rows or SMOKE_ROWS, SMOKE_ROWS)}")
+    return out
