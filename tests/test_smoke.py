@@ -1,5 +1,5 @@
 """`lowtune train RECIPE --smoke`: any recipe for 2 steps and 2 held-out problems, saved as usual, marked as a smoke
-run in the console and summary.json; done with overrides in the CLI, the methods untouched."""
+run in the console and summary.json; done with overrides (`recipes.smoke_overrides`), the methods untouched."""
 
 import json
 
