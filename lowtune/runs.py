@@ -260,22 +260,18 @@ class RunDir:
         return rows, json.loads(self.augmented_stats.read_text())
 
     def write_augmented(self, rows: list[dict], stats: dict) -> None:
-        """Each file whole or not at all; the statistics first, so rows never exist without them."""
-        replace_atomic(self.augmented_stats, json.dumps(stats, indent=2) + "\n")
-        replace_atomic(self.augmented, "".join(json.dumps(r) + "\n" for r in rows))
+        _write_rows(self.augmented, self.augmented_stats, rows, stats)
 
     # ------------------------------------------------------------ rejection sampling's kept samples
 
     def read_kept(self) -> tuple[Path, dict] | None:
         """(kept.jsonl, its statistics) of an earlier sampling of this run (a resumed run reuses them), or None."""
-        if not self.kept_stats.is_file() or not self.kept.is_file():
+        if not self.kept.is_file():
             return None
         return self.kept, json.loads(self.kept_stats.read_text())
 
     def write_kept(self, rows: list[dict], stats: dict) -> None:
-        """The rows first, so statistics (what marks the sampling done) never exist without them."""
-        replace_atomic(self.kept, "".join(json.dumps(r) + "\n" for r in rows))
-        replace_atomic(self.kept_stats, json.dumps(stats, indent=2) + "\n")
+        _write_rows(self.kept, self.kept_stats, rows, stats)
 
 
 class _MetricsCallback(TrainerCallback):
@@ -287,6 +283,13 @@ class _MetricsCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and state.is_world_process_zero:
             self.run.log({"step": state.global_step, **logs})
+
+
+def _write_rows(rows_file: Path, stats_file: Path, rows: list[dict], stats: dict) -> None:
+    """A method's generated rows (JSONL) and their statistics, each file whole or not at all; the statistics first,
+    so the rows file, which marks the work done, never exists without them."""
+    replace_atomic(stats_file, json.dumps(stats, indent=2) + "\n")
+    replace_atomic(rows_file, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def peak_memory_mb(device: torch.device) -> float:
