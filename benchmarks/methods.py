@@ -21,7 +21,8 @@ online_dpo (accuracy rule as the reward), ppo (accuracy rule as the reward), ppo
 trained first by `lowtune train reward` on the synthetic pairs, accuracy rule off; the reward model's
 own training time is reported beside it, not charged to the budget), toolformer (the base annotates SFT
 replies with calculator calls, then SFT on them; augmentation time counts in the budget; evaluated with
-tool-augmented generation), sft-grpo (SFT for half the budget, merge, GRPO for the other half).
+tool-augmented generation), sft-grpo (the pipeline recipe recipes/sft-grpo.yaml: SFT for half the budget, then GRPO
+continuing the same adapter for the other half).
 On request (`--only`): GRPO's loss variants, the grpo recipe with `train.loss_type` grpo, dr_grpo or dapo
 (TRL's default, which the grpo row runs), and gspo (loss grpo, sequence-level importance sampling).
 
@@ -87,16 +88,32 @@ def common_overrides(cfg: dict, minutes: float | None, workdir: Path) -> list[st
     return out + cfg.get("extra", []) + cfg.get("set", [])
 
 
-def train(recipe: str, overrides: list[str]) -> tuple[Path, dict]:
+# A pipeline's settings that belong to each stage (a stage's own sections win over the pipeline's); the rest
+# (model, held-out set size, output) are the pipeline's.
+STAGE_KEYS = ("train.", "budget.", "eval.every_minutes", "eval.before")
+
+
+def staged(overrides: list[str], stage: int) -> list[str]:
+    """`overrides` for a pipeline's stage `stage`: its per-stage settings prefixed `stages.<stage>.`, the others as
+    they are (given once, for stage 1)."""
+    own = [f"stages.{stage}.{o}" for o in overrides if o.startswith(STAGE_KEYS)]
+    return own + ([o for o in overrides if not o.startswith(STAGE_KEYS)] if stage == 1 else [])
+
+
+def train(recipe: str, overrides: list[str]) -> tuple[Any, dict]:
     from lowtune import recipes
     from lowtune.config import load_recipe
 
     run, summary = recipes.train(load_recipe(ROOT / "recipes" / f"{recipe}.yaml", overrides))
-    # Methods that sample (GRPO, RLOO): the mean length of the sampled completions over training, in tokens.
-    logged = [json.loads(line) for line in run.metrics.read_text().splitlines()] if run.metrics.is_file() else []
+    return run, {**summary, "completion_tokens": completion_tokens(run.path)}
+
+
+def completion_tokens(run_dir: Path) -> float | None:
+    """Methods that sample (GRPO, RLOO): the mean length of the sampled completions over training, in tokens."""
+    metrics = run_dir / "metrics.jsonl"
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
     lengths = [m["completions/mean_length"] for m in logged if "completions/mean_length" in m]
-    summary = {**summary, "completion_tokens": sum(lengths) / len(lengths) if lengths else None}
-    return run.path, summary
+    return sum(lengths) / len(lengths) if lengths else None
 
 
 def part(summary: dict, name: str) -> dict:
@@ -113,18 +130,14 @@ def worker(method: str, cfg: dict, workdir: Path) -> dict:
     if method == "reward":
         _, summary = train("reward", reward_overrides(cfg, workdir))
         return {"parts": [part(summary, "reward")], "pairwise": summary.get("pairwise_after")}
-    if method == "sft-grpo":
-        from lowtune.export.merge import merge
-
+    if method == "sft-grpo":  # the pipeline recipe: each stage half the budget, GRPO continuing SFT's adapter
         half = None if minutes is None else minutes / 2
-        sft_dir, sft = train("sft", common_overrides(cfg, half, workdir))
-        began = time.perf_counter()
-        merged = workdir / "sft-merged"
-        merge(sft_dir, merged)
-        merge_s = time.perf_counter() - began
-        grpo_cfg = {**cfg, "model": str(merged), "extra": cfg.get("grpo_extra", [])}
-        _, grpo = train("grpo", common_overrides(grpo_cfg, half, workdir))
-        return {"parts": [part(sft, "sft"), {"name": "merge", "wall_time_s": round(merge_s, 2)}, part(grpo, "grpo")]}
+        extra = {1: cfg.get("sft_extra", []), 2: cfg.get("grpo_extra", [])}
+        overrides = [o for stage in (1, 2) for o in staged(common_overrides({**cfg, "extra": extra[stage]}, half,
+                                                                             workdir), stage)]  # fmt: skip
+        run, summary = train("sft-grpo", overrides)
+        return {"parts": [part({**s, "completion_tokens": completion_tokens(run.path / s["dir"])}, s["method"])
+                          for s in summary["stages"]]}  # fmt: skip
     if method == "toolformer":
         return toolformer(cfg, workdir)
     _, summary = train(
@@ -290,6 +303,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few steps per method: checks the harness")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="methods", help="file stem of the results")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="re-measure --only's methods into the existing results (same settings; the base model's score kept; "
+        "a row measured on another machine says which)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -332,12 +351,13 @@ def main() -> None:
     what = f"{cfg['steps']} steps" if cfg["steps"] else f"{cfg['minutes']:g} min"
     ui.say(f"{len(methods)} methods on {args.model}, {what} each; held-out n={cfg['n']}")
 
-    report: dict[str, Any] = {"benchmark": "methods", "machine": machine_info(), "settings": cfg, "methods": {}}
-    stem = args.out / args.name
+    machine, stem = machine_info(), args.out / args.name
+    report = earlier_report(stem, cfg) if args.update else {"benchmark": "methods", "machine": machine,
+                                                            "settings": cfg, "methods": {}}  # fmt: skip
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        base = run_worker("base", cfg, workdir, None)
+        base = report.get("base") or run_worker("base", cfg, workdir, None)
         if "error" in base:
             raise SystemExit(f"the base model's evaluation failed:\n{base['log_tail']}")
         report["base"] = base
@@ -359,6 +379,8 @@ def main() -> None:
             if "reward_model" in extra:
                 result["reward_model"] = extra["reward_model"]
             row = summarize(method, result, base)
+            if machine != report["machine"]:
+                row["machine"] = machine
             report["methods"][method] = row
             shown = f"{row['accuracy_after']:.0%}" if row.get("accuracy_after") is not None else row.get("error")
             ui.say(f"{method}: {shown} after {row.get('minutes', 0):.1f} min")
@@ -371,6 +393,25 @@ COLUMNS = ["method", "held-out accuracy", "reply tokens", "train min", "steps", 
            "trainable params"]  # fmt: skip
 
 
+def earlier_report(stem: Path, cfg: dict) -> dict:
+    """`--update`: the results at `stem` to measure some methods again into; an error when there are none or their
+    settings differ from these (the rows would not compare)."""
+    path = stem.with_suffix(".json")
+    if not path.is_file():
+        raise SystemExit(f"--update: {path} does not exist; run without --update first")
+    report = json.loads(path.read_text())
+    old = report["settings"]  # a setting it predates reads as unset (None, False and [] alike)
+    differ = sorted(k for k in {*cfg, *old} if (cfg.get(k) or None) != (old.get(k) or None))
+    if differ:
+        raise SystemExit(f"--update: {path} was measured with other settings ({', '.join(differ)}); use the same ones")
+    return report
+
+
+# transformers counts the tokens of a batch's `input_ids`; ORPO's batches have chosen_/rejected_input_ids and online
+# DPO generates its own, so neither trainer reports how many it processed.
+NOT_COUNTED = "not counted"
+
+
 def table_rows(report: dict) -> list[list[str]]:
     rows = []
     for method, r in report["methods"].items():
@@ -378,11 +419,14 @@ def table_rows(report: dict) -> list[list[str]]:
             rows.append([method, f"failed: {r['error']}", "", "", "", "", "", ""])
             continue
         after = "n/a" if r["accuracy_after"] is None else f"{r['accuracy_after']:.0%}"
-        reply = "" if r.get("reply_tokens") is None else f"{r['reply_tokens']:.1f}"
+        reply = "–" if r.get("reply_tokens") is None else f"{r['reply_tokens']:.1f}"  # –: not recorded
         if r.get("completion_tokens") is not None:  # and what it sampled while training
             reply += f" (training: {r['completion_tokens']:.1f})"
+        if "machine" in r:  # measured later, on another machine (--update)
+            method = f"{method} ({describe(r['machine']).split(';')[0]})"
+        tokens = f"{r['tokens']:,}" if r["tokens"] else NOT_COUNTED
         rows.append([method, f"{r['accuracy_before']:.0%} → {after}", reply, f"{r['minutes']:.1f}", str(r["steps"]),
-                     f"{r['tokens']:,}", f"{r['peak_memory_mb']:,.0f}", f"{r['trainable_params']:,}"])  # fmt: skip
+                     tokens, f"{r['peak_memory_mb']:,.0f}", f"{r['trainable_params']:,}"])  # fmt: skip
     return rows
 
 

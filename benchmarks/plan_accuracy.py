@@ -7,8 +7,8 @@
   torch.cuda.max_memory_allocated from the start of training) is planned here, on this CPU, for CUDA, with the
   same recipe and data as that run (benchmarks/throughput.py: `lowtune_overrides`, the same data writers, the
   shape's published config and the builtin model's tokenizer, as the run used).
-- CPU points: SFT, DPO, GRPO and PPO on tiny-random and on the builtin SmolLM2-135M: planned, then run for three
-  steps with the same tensor tracker on the real tensors (lowtune.plan.trace.tensor_peak_callback).
+- CPU points: SFT, DPO, KTO, ORPO, GRPO, RLOO and PPO on tiny-random and on the builtin SmolLM2-135M: planned,
+  then run for three steps with the same tensor tracker on the real tensors (lowtune.plan.trace.tensor_peak_callback).
 - Planning time for an 8B shape (Llama-3.1-8B's published config), SFT 4 × 1,024 and GRPO 8 × 512, on CUDA.
 
 Writes benchmarks/results/plan_accuracy.{json,md,png}: `points` (device, gpu, method, shape, predicted_mb,
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.machine import describe, machine_info, markdown_table  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-CPU_METHODS = ("sft", "dpo", "grpo", "ppo")
+CPU_METHODS = ("sft", "dpo", "kto", "orpo", "grpo", "rloo", "ppo")
 STEPS = 3  # the measured peak is over the first three steps (each method's first generation included)
 # Llama-3.1-8B's published config.json (meta-llama/Llama-3.1-8B).
 LLAMA_8B = dict(

@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py cpu                  # SFT grid, builtin SmolLM2-135M (about 15 min on 2 cores)
     python benchmarks/throughput.py cpu --quick          # smoke run (under a minute)
-    python benchmarks/throughput.py cuda --out DIR       # real shapes, random weights, one GPU (at most ~8 min)
+    python benchmarks/throughput.py cuda --out DIR       # real shapes, random weights, one GPU (at most ~9 min)
     python benchmarks/throughput.py cuda --dry-run-cpu   # the cuda code path on a tiny shape, on the CPU
     python benchmarks/throughput.py merge A.json B.json  # one cuda report from calls that ran parts of the plan
 
@@ -17,15 +17,29 @@ memory is the worker's peak resident set. At --plain-precisions (lowtune's defau
 plain TRL + PEFT script with identical settings alternates with lowtune for --rounds rounds; the
 overhead is the ratio of the median s/step (target: at most +5%).
 
-cuda: for each shape (Qwen2.5-0.5B, Qwen2.5-1.5B, Llama-3.2-1B), a model with random weights built
-from the published config (nothing is downloaded; the tokenizer comes from --tokenizer), saved once
-in bf16; each worker loads it in NF4 (QLoRA) as lowtune does on CUDA. Peak GPU memory (max allocated
-and max reserved from the start of training) and speed of lowtune's SFT, DPO and GRPO recipes
-(GRPO: 8 generations x 512 tokens; random weights rarely emit EOS, so completions run the full
-512: the worst case). At --compare-shape GRPO also runs as a plain TRL + PEFT + bitsandbytes script
-(TRL's defaults, which turn gradient checkpointing on), and lowtune with gradient checkpointing off
-and with model.logprob_kernel=lowtune. Measurements run in priority order within --budget seconds;
-the JSON is rewritten after each one.
+cuda: lowtune against plain TRL + PEFT + bitsandbytes on one GPU, for every method, and the speed levers
+TRL and transformers already offer. Shapes: Qwen2.5-0.5B, Qwen2.5-1.5B, Llama-3.2-1B (and Llama-3.2-3B with
+--shapes), each a model with random weights built from the published config (nothing is downloaded; the
+tokenizer comes from --tokenizer), saved once in bf16; each worker loads it in NF4 (QLoRA) as lowtune does
+on CUDA. Peak GPU memory (max allocated and max reserved from the start of training) and speed of lowtune's
+SFT (4 x 1,024), DPO (2 pairs x 1,024), GRPO (8 generations x 512 tokens; random weights rarely emit EOS, so
+completions run the full 512: the worst case) and PPO (rollouts of 16 x 256; lowtune's own trainer, no plain
+side: TRL's PPO is experimental). The plain side is a TRL + PEFT + bitsandbytes script as TRL's docs show
+it, with TRL's defaults (gradient checkpointing on) and the recipe's data, length, batch, steps and
+learning rate. The levers (LEVERS: Liger kernels, padding-free batches, activation offloading,
+continuous-batching generation, a static KV cache, gradient checkpointing off, lowtune's log-prob kernel)
+run as lowtune with extra recipe overrides at --compare-shape, and every row with a plain row beside it
+gets its lowtune / plain ratios of s/step, tokens/s and peak memory, checked against the issue's targets
+(TARGETS). A lever this machine cannot run (Liger without its package) is recorded as skipped, with the
+reason; so are, on --dry-run-cpu, the levers the CPU cannot run (DRY_SKIPS), and PPO trains on an fp32 base
+there (bitsandbytes' CPU path cannot train a 4-bit base after it generated in eval mode).
+
+Plan, in priority order for a short GPU lease (one ~10-minute call; `merge` joins calls that ran parts
+of it): GRPO lowtune + plain at --compare-shape; SFT lowtune + plain at Llama-3.2-1B and --compare-shape;
+DPO lowtune + plain at --compare-shape; the levers at --compare-shape (GRPO's, SFT's, DPO's); then the
+other lowtune rows (PPO, the other shapes). Measurements run in that order within --budget seconds (a row
+that would not fit in what is left is skipped, and cheaper rows after it still run); the JSON is
+rewritten after each one.
 
 Writes throughput_{cpu,cuda}.{json,md,png} under --out (default benchmarks/results).
 """
@@ -33,6 +47,7 @@ Writes throughput_{cpu,cuda}.{json,md,png} under --out (default benchmarks/resul
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -62,8 +77,9 @@ PRECISIONS = {
 }
 
 # Published config.json values of the base models on the Hugging Face hub (Qwen/Qwen2.5-0.5B,
-# Qwen/Qwen2.5-1.5B, meta-llama/Llama-3.2-1B). Built from these, the models have 494M, 1,544M and
-# 1,236M parameters, as the model cards say (0.49B, 1.54B, 1.23B). Qwen2 has q/k/v biases built in.
+# Qwen/Qwen2.5-1.5B, meta-llama/Llama-3.2-1B, meta-llama/Llama-3.2-3B). Built from these, the models have 494M,
+# 1,544M, 1,236M and 3,213M parameters, as the model cards say (0.49B, 1.54B, 1.23B, 3.21B). Qwen2 has q/k/v biases
+# built in. Llama-3.2-3B runs only when --shapes names it (DEFAULT_SHAPES).
 SHAPES: dict[str, dict[str, Any]] = {
     "qwen2.5-0.5b": dict(
         model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -82,7 +98,16 @@ SHAPES: dict[str, dict[str, Any]] = {
                           original_max_position_embeddings=8192),
         rms_norm_eps=1e-5, tie_word_embeddings=True,
     ),
+    "llama-3.2-3b": dict(
+        model_type="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+        num_key_value_heads=8, head_dim=128, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
+        rope_scaling=dict(rope_type="llama3", factor=32.0, high_freq_factor=4.0, low_freq_factor=1.0,
+                          original_max_position_embeddings=8192),
+        rms_norm_eps=1e-5, tie_word_embeddings=True,
+    ),
 }  # fmt: skip
+# The default plan already fills one ~10-minute call; a 3B shape would only add rows that never run.
+DEFAULT_SHAPES = ["qwen2.5-0.5b", "qwen2.5-1.5b", "llama-3.2-1b"]
 # --dry-run-cpu: the same code path on a tiny shape. Its vocabulary is larger than the tokenizer's, as
 # the real shapes' are, so sampled ids the tokenizer does not know are exercised too.
 TINY_SHAPE = dict(
@@ -95,18 +120,66 @@ CUDA_WORK = {
     "sft": dict(length=1024, batch=4),
     "dpo": dict(length=1024, batch=2),  # 2 pairs = 4 sequences of 1024 tokens (+ the reference pass)
     "grpo": dict(batch=8, num_generations=8, max_completion_length=512),  # one prompt x 8 generations per step
+    "ppo": dict(batch=8, num_mini_batches=2, max_new_tokens=256),  # rollouts of 8 x 2 = 16 responses x 256 tokens
 }
 DRY_WORK = {
     "sft": dict(length=64, batch=2),
     "dpo": dict(length=128, batch=2),
     "grpo": dict(batch=4, num_generations=4, max_completion_length=16),
+    "ppo": dict(batch=2, num_mini_batches=2, max_new_tokens=16),
 }
-# GRPO variants at --compare-shape, besides lowtune's defaults.
-VARIANTS = {
-    "plain": "plain TRL + PEFT + bnb",
-    "no-gc": "lowtune, gradient checkpointing off",
-    "kernel": "lowtune + logprob_kernel=lowtune",
+METHODS = ("sft", "dpo", "grpo", "ppo")
+PLAIN_METHODS = ("sft", "dpo", "grpo")  # lowtune's PPO is its own trainer; TRL's is experimental: no plain side
+PPO_EPOCHS = 2  # passes over each rollout: a rollout is PPO_EPOCHS x num_mini_batches optimizer steps
+# Seconds a row needs on the GPU at the 1.5B shape, loading included (benchmarks/results/throughput_cuda.json, H200:
+# SFT and DPO 27-35 s, GRPO 138-153 s; PPO not measured yet: 16 x 256 tokens per rollout, 2 rollouts). A row is
+# started only with this much of --budget left, so a short lease spends what is left on the cheaper rows.
+ROW_S = {"sft": 35, "dpo": 35, "grpo": 150, "ppo": 120}
+DRY_ROW_S = 30
+# Speed levers TRL 1.16 and transformers 5.24 already offer, measured as lowtune with extra recipe overrides at
+# --compare-shape: variant -> (methods, overrides, description). Every train.* field is a field of the method's
+# TRL config class (tests/test_throughput.py checks that each reaches it). In the plan order: GRPO's first, the
+# generation levers ahead, as generation is most of a GRPO step. Not levers here: DPOConfig.padding_free (TRL 1.16
+# warns and falls back to padding), Liger's fused linear losses (TRL 1.16's SFT, DPO and GRPO trainers refuse
+# liger_kernel_config fused_linear_cross_entropy: they fuse the LM head themselves), vLLM (not installed).
+LEVERS: dict[str, tuple[tuple[str, ...], list[str], str]] = {
+    "continuous-batching": (("grpo",), ["train.use_transformers_continuous_batching=true"],
+                            "lowtune + continuous-batching generation"),
+    "static-cache": (("grpo",), ["train.cache_implementation=static"], "lowtune + static KV cache"),
+    "liger": (("grpo", "sft", "dpo"), ["train.use_liger_kernel=true"], "lowtune + Liger kernels"),
+    "no-gc": (("grpo", "sft", "dpo"), ["model.gradient_checkpointing=false"], "lowtune, gradient checkpointing off"),
+    "kernel": (("grpo",), ["model.logprob_kernel=lowtune"], "lowtune + logprob_kernel=lowtune"),
+    # SFT refuses padding_free without packing when max_length is set; "bfd" truncates each row (all longer than
+    # the length) to one full bin, so a step holds the same batch x length tokens, flattened, without padding.
+    "padding-free": (("sft",), ["train.padding_free=true", "train.packing=true", "train.packing_strategy=bfd"],
+                     "lowtune + padding-free batches"),
+    "offload": (("sft", "dpo"), ["train.activation_offloading=true"], "lowtune + activation offloading"),
+}  # fmt: skip
+VARIANTS = {"lowtune": "lowtune", "plain": "plain TRL + PEFT + bnb", **{k: v[2] for k, v in LEVERS.items()}}
+# What a lever imports that a machine may lack: (module, how to install it).
+LEVER_NEEDS = {"liger": ("liger_kernel", "pip install liger-kernel")}
+# --dry-run-cpu: the levers the CPU cannot run, and why (none of this applies on CUDA). bitsandbytes' CPU path
+# repacks 4-bit weights into an inference layout once the model runs in eval mode without gradients, and then
+# cannot train through them; continuous batching generates so (PPO's rollouts too: the dry run trains PPO on an
+# fp32 base, DRY_PRECISION).
+DRY_SKIPS = {
+    "liger": "Liger's kernels are Triton GPU kernels (no CPU path)",
+    "offload": "TRL's activation offloading moves activations off an accelerator; the CPU dry run has none",
+    "continuous-batching": "its eval-mode generation makes bitsandbytes repack 4-bit weights for CPU inference, "
+    "which then cannot train",
 }
+DRY_PRECISION = {"ppo": "fp32"}
+# The issue's targets, lowtune / plain TRL + PEFT + bitsandbytes at the same shape and work (issue 22: GRPO at
+# Qwen2.5-1.5B, 8 x 512; SFT at Llama-3.2-1B and Qwen2.5-1.5B, 4 x 1,024; DPO): metric -> (<= or >=, bound).
+TARGETS = {
+    "grpo": {"s_per_step": ("<=", 0.33), "peak": ("<=", 1.1)},
+    "sft": {"tokens_per_s": (">=", 1.5), "peak": ("<=", 0.8)},
+    "dpo": {"tokens_per_s": (">=", 1.3), "peak": ("<=", 0.9)},
+}
+RATIO_NAMES = {"s_per_step": "s/step", "tokens_per_s": "tokens/s", "peak": "peak"}
+# The training arguments each worker records as its trainer got them (a lever that did not reach TRL is no lever).
+WATCHED_ARGS = ("gradient_checkpointing", "use_liger_kernel", "padding_free", "packing", "packing_strategy",
+                "activation_offloading", "use_transformers_continuous_batching", "cache_implementation")  # fmt: skip
 WORKER_ENV = dict(
     HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false",
     HF_DATASETS_DISABLE_PROGRESS_BARS="1", PYTHONWARNINGS="ignore",
@@ -205,13 +278,15 @@ def _memory(baseline_rss: float) -> dict[str, Any]:
 
 
 def _watch_train_start(store: dict) -> None:
-    """Record the memory in use when trainer.train() starts (model, adapter, optimizer not yet built)."""
+    """Record the memory in use when trainer.train() starts (model, adapter, optimizer not yet built), and the
+    WATCHED_ARGS of the trainer's arguments."""
     import torch
     import transformers
 
     original = transformers.Trainer.train
 
     def train(self, *args, **kwargs):
+        store["trl_args"] = {k: getattr(self.args, k) for k in WATCHED_ARGS if hasattr(self.args, k)}
         store["rss_at_train_start_mb"] = round(_rss_mb(), 1)
         if torch.cuda.is_available():
             store["cuda_allocated_at_train_start_mb"] = round(torch.cuda.memory_allocated() / 2**20, 1)
@@ -253,9 +328,13 @@ def lowtune_overrides(spec: dict) -> list[str]:
     elif method == "dpo":
         overrides += [f"data.source={spec['data']}", "data.format=preference", "data.heldout=0",
                       f"train.max_length={spec['length']}"]  # fmt: skip
-    else:
+    elif method == "grpo":
         overrides += [f"data.n_train={GRPO_PROMPTS}", f"train.num_generations={spec['num_generations']}",
                       f"train.max_completion_length={spec['max_completion_length']}"]  # fmt: skip
+    else:  # ppo
+        overrides += [f"data.n_train={GRPO_PROMPTS}", f"train.num_mini_batches={spec['num_mini_batches']}",
+                      f"train.num_ppo_epochs={PPO_EPOCHS}",
+                      f"train.max_new_tokens={spec['max_new_tokens']}"]  # fmt: skip
     if spec.get("logprob_kernel"):
         overrides.append(f"model.logprob_kernel={spec['logprob_kernel']}")
     return overrides + list(spec.get("extra_overrides", []))
@@ -330,17 +409,31 @@ def plain_worker(spec: dict) -> dict:
         per_device_train_batch_size=spec["batch"], logging_steps=1, report_to="none", save_strategy="no",
         bf16=dtype == torch.bfloat16, use_cpu=not cuda, seed=0,
     )  # fmt: skip
+    if spec["gc"] is not None:  # None: TRL's default (on)
+        common["gradient_checkpointing"] = spec["gc"]
     checks: dict[str, Any] = {}
     if method == "sft":
         from trl import SFTConfig, SFTTrainer
 
         rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines()]
-        args = SFTConfig(**common, **SFT, max_length=spec["length"], packing=False,
-                         gradient_checkpointing=spec["gc"])  # fmt: skip
+        args = SFTConfig(**common, **SFT, max_length=spec["length"], packing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                              peft_config=lora, callbacks=[Times()])  # fmt: skip
         lengths = {len(ids) for ids in trainer.train_dataset["input_ids"]}
         checks["row_lengths"] = sorted(lengths)
+    elif method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        # The pairs file as a conversational preference dataset (TRL's docs' format; lowtune reads it so too).
+        pairs = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+                  "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                  "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+                 for r in map(json.loads, Path(spec["data"]).read_text().splitlines())]  # fmt: skip
+        # TRL's defaults otherwise: sigmoid loss, beta 0.1 (lowtune's recipe adds the chosen NLL, computed from the
+        # same forward pass).
+        args = DPOConfig(**common, learning_rate=spec["learning_rate"], max_length=spec["length"])
+        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
+                             peft_config=lora, callbacks=[Times()])  # fmt: skip
     elif method == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 
@@ -356,11 +449,11 @@ def plain_worker(spec: dict) -> dict:
         # TRL's own defaults otherwise: gradient checkpointing on, temperature 1, beta 0.
         args = GRPOConfig(**common, learning_rate=spec["learning_rate"], num_generations=spec["num_generations"],
                           max_completion_length=spec["max_completion_length"])  # fmt: skip
-        checks["gradient_checkpointing"] = args.gradient_checkpointing
         trainer = GRPOTrainer(model=model, reward_funcs=correct, args=args, train_dataset=Dataset.from_list(rows),
                               processing_class=tokenizer, peft_config=lora, callbacks=[Times()])  # fmt: skip
     else:
-        raise SystemExit(f"the plain script covers sft and grpo, not {method}")
+        raise SystemExit(f"the plain script covers {', '.join(PLAIN_METHODS)}, not {method}")
+    checks["gradient_checkpointing"] = args.gradient_checkpointing
     if cuda:
         torch.cuda.reset_peak_memory_stats()  # as lowtune does: the peak of training, weights included
     trainer.train()
@@ -615,9 +708,11 @@ def cuda(args) -> None:
     plan = _cuda_plan(list(shapes), args.methods, compare, args.variants)
     deadline = time.monotonic() + args.budget
     settings = {"work": work, "steps": args.steps, "grpo_steps": args.grpo_steps, "measured_from_step": args.skip,
-                "lora": LORA, "precision": "nf4 base (bitsandbytes, double quantization), bf16 compute, LoRA",
-                "compare_shape": compare, "dry_run_cpu": dry, "budget_s": args.budget,
-                "tokenizer": str(tokenizer), "shapes": shapes}  # fmt: skip
+                "ppo_epochs": PPO_EPOCHS, "lora": LORA,
+                "precision": "nf4 base (bitsandbytes, double quantization), bf16 compute, LoRA",
+                "compare_shape": compare, "dry_run_cpu": dry, "budget_s": args.budget, "tokenizer": str(tokenizer),
+                "shapes": shapes, "levers": {v: LEVERS[v][1] for v in args.variants if v in LEVERS},
+                "targets": TARGETS}  # fmt: skip
     report: dict[str, Any] = {"benchmark": "throughput_cuda", "machine": machine_info(PACKAGES), "settings": settings,
                               "models": {}, "measurements": []}  # fmt: skip
     stem = args.out / "throughput_cuda"
@@ -628,10 +723,14 @@ def cuda(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data: dict[str, Path] = {}
         for i, (shape, method, variant) in enumerate(plan):
-            left = deadline - time.monotonic()
             row: dict[str, Any] = {"shape": shape, "method": method, "variant": variant}
+            if variant in LEVERS:
+                row["overrides"] = LEVERS[variant][1]
+            need = DRY_ROW_S if dry else ROW_S[method]
+            cannot = lever_skip(variant, dry)
+            left = deadline - time.monotonic()
             model_dir = Path(tmp) / shape
-            if shape not in report["models"] and left > 30:
+            if not cannot and shape not in report["models"] and left > need:
                 built = run_worker(dict(side="build", shape=shapes[shape], tokenizer=str(tokenizer),
                                         out=str(model_dir), workdir=str(Path(tmp) / f"build-{shape}")),
                                    min(args.timeout, left))  # fmt: skip
@@ -641,8 +740,10 @@ def cuda(args) -> None:
                 else:
                     say(f"{shape}: {built['parameters'] / 1e6:,.0f}M parameters, built in {built['wall_s']} s")
                 left = deadline - time.monotonic()
-            if left < 30:
-                row["error"] = "skipped: time budget spent (--budget)"
+            if cannot:
+                row["error"] = f"skipped: {cannot}"
+            elif left < need:
+                row["error"] = f"skipped: time budget spent (--budget: {left:.0f} s left, {method} needs ~{need} s)"
             elif "error" in report["models"].get(shape, {}):
                 row["error"] = "skipped: the model could not be built"
             else:
@@ -650,20 +751,24 @@ def cuda(args) -> None:
                     n = work[method]["batch"] * (args.steps + 2)
                     write = write_sft_rows if method == "sft" else write_pairs
                     data[method] = write(Path(tmp) / f"{method}.jsonl", str(tokenizer), n, work[method]["length"])
+                steps, skip = _steps(method, work[method], args)
+                precision = DRY_PRECISION.get(method, "nf4") if dry else "nf4"
+                if precision != "nf4":
+                    row["precision"] = precision
                 spec = dict(side="plain" if variant == "plain" else "lowtune", method=method, model=str(model_dir),
-                            precision="nf4", gc=False if variant == "no-gc" else None,
-                            workdir=str(Path(tmp) / f"run-{i}"),
-                            steps=args.grpo_steps if method == "grpo" else args.steps,
+                            precision=precision, gc=None, workdir=str(Path(tmp) / f"run-{i}"), steps=steps,
                             data=str(data.get(method, "")), **work[method])  # fmt: skip
-                if variant == "kernel":
-                    spec["logprob_kernel"] = "lowtune"
+                if variant in LEVERS:
+                    spec["extra_overrides"] = LEVERS[variant][1]
                 if variant == "plain":
                     spec["learning_rate"] = _recipe_lr(method)
                 result = run_worker(spec, min(args.timeout, left))
                 if "timed out" in result.get("error", "") and left < args.timeout:
                     result["error"] = f"stopped at the --budget deadline after {left:.0f} s (not a fault)"
-                row.update(speed(result, spec, args.skip))
+                row.update(speed(result, spec, skip))
                 row.update({k: v for k, v in result.items() if k != "logs"}, logs=result.get("logs"))
+                if "error" not in row and variant in LEVERS and (missed := lever_missed(variant, row)):
+                    row["error"] = missed
             report["measurements"].append(row)
             say(f"{shape} {method} {variant}: " + (
                 f"{row['error'].splitlines()[-1]}" if "error" in row else
@@ -671,19 +776,51 @@ def cuda(args) -> None:
                 f"{_fmt(row['tokens_per_s'])} tok/s"))  # fmt: skip
             report["wall_time_s"] = round(time.perf_counter() - start, 1)
             _write_json(stem, report)
-    _cuda_finish(stem, report, compare)
+    _cuda_finish(stem, report)
 
 
-def _cuda_finish(stem: Path, report: dict, compare: str) -> None:
-    """Table, notes, figure and console table of a cuda report (JSON, Markdown, PNG under stem)."""
+def _steps(method: str, work: dict, args) -> tuple[int, int]:
+    """(steps to train, step to measure from) of a method. PPO: two rollouts, measured over the second, as its steps
+    are uneven (a rollout's first step also generates)."""
+    if method == "ppo":
+        per_rollout = PPO_EPOCHS * work["num_mini_batches"]
+        return 2 * per_rollout, per_rollout
+    return (args.grpo_steps if method == "grpo" else args.steps), args.skip
+
+
+def lever_skip(variant: str, dry: bool) -> str | None:
+    """Why this machine cannot run the lever (None: it can, or it is no lever)."""
+    if dry and variant in DRY_SKIPS:
+        return f"not on the CPU: {DRY_SKIPS[variant]}"
+    module, install = LEVER_NEEDS.get(variant, (None, None))
+    if module and importlib.util.find_spec(module) is None:
+        return f"the {module} package is not installed here ({install})"
+    return None
+
+
+def lever_missed(variant: str, row: dict) -> str | None:
+    """An error when a train.* override of the lever is not what the trainer got (lowtune turned it off, or
+    renamed it): such a row measures lowtune's defaults, not the lever."""
+    got = row.get("trl_args") or {}
+    for override in LEVERS[variant][1]:
+        key, value = override.split("=", 1)
+        if key.startswith("train."):
+            field, want = key.removeprefix("train."), {"true": True, "false": False}.get(value, value)
+            if got.get(field, "missing") != want:
+                return f"not the lever: the trainer got {field}={got.get(field, 'missing')!r}, not {want!r}"
+    return None
+
+
+def _cuda_finish(stem: Path, report: dict) -> None:
+    """Table, ratios, notes, figure and console table of a cuda report (JSON, Markdown, PNG under stem)."""
     from lowtune import ui
 
-    table, notes, comparison = cuda_table(report["measurements"], compare)
-    report["grpo_comparison"] = comparison
+    table, notes, ratios = cuda_table(report["measurements"])
+    report["ratios"] = ratios
     columns = ["shape", "method", "variant", "peak GiB", "peak reserved GiB", "at start GiB", "s/step", "tokens/s",
-               "peak vs plain"]  # fmt: skip
+               "s/step ÷ plain", "tokens/s ÷ plain", "peak ÷ plain"]  # fmt: skip
     _write_report(stem, report, columns, table, notes)
-    _cuda_figure(stem, report, compare)
+    _cuda_figure(stem, report, ratios)
     ui.table(f"NF4 + LoRA memory and speed on {describe(report['machine'])}", columns, table)
     for note in notes:
         say(note)
@@ -710,21 +847,36 @@ def merge(args) -> None:
               "settings": {**first["settings"], "merged_from": [r["settings"] for r in reports]},
               "models": {k: v for r in reports for k, v in r["models"].items()}, "measurements": list(rows.values()),
               "wall_time_s": round(sum(r.get("wall_time_s", 0) for r in reports), 1)}  # fmt: skip
-    _cuda_finish(args.out / "throughput_cuda", merged, first["settings"]["compare_shape"])
+    _cuda_finish(args.out / "throughput_cuda", merged)
+
+
+# Shapes where SFT, DPO and GRPO also run as plain TRL, besides --compare-shape (issue 22's SFT shapes).
+PLAIN_SHAPES = {"grpo": (), "sft": ("llama-3.2-1b",), "dpo": ()}
 
 
 def _cuda_plan(shapes: list[str], methods: list[str], compare: str, variants: list[str]) -> list[tuple[str, str, str]]:
-    """(shape, method, variant) in priority order: the GRPO comparison (lowtune, plain) first, then every
-    shape x method, the other GRPO variants last."""
-    grpo_here = "grpo" in methods and compare in shapes
-    plan = [(compare, "grpo", v) for v in ("lowtune", "plain") if v == "lowtune" or v in variants] if grpo_here else []
-    order = [compare] + [s for s in shapes if s != compare] if compare in shapes else shapes
-    for shape in order:
-        plan += [
-            (shape, m, "lowtune") for m in ("sft", "dpo", "grpo") if m in methods and (shape, m, "lowtune") not in plan
-        ]
-    if grpo_here:
-        plan += [(compare, "grpo", v) for v in ("no-gc", "kernel") if v in variants]
+    """(shape, method, variant) in priority order: each method's comparison with plain TRL (GRPO at compare; SFT at
+    Llama-3.2-1B and compare; DPO at compare), then the levers at compare (GRPO's, SFT's, DPO's), then every
+    other lowtune row (PPO at compare only), compare's first."""
+    plan: list[tuple[str, str, str]] = []
+
+    def add(shape: str, method: str, variant: str) -> None:
+        if shape in shapes and method in methods and (shape, method, variant) not in plan:
+            plan.append((shape, method, variant))
+
+    for method in ("grpo", "sft", "dpo"):
+        for shape in (*PLAIN_SHAPES[method], compare):
+            add(shape, method, "lowtune")
+            if "plain" in variants:
+                add(shape, method, "plain")
+    for method in ("grpo", "sft", "dpo"):
+        for variant, (lever_methods, _, _) in LEVERS.items():
+            if variant in variants and method in lever_methods:
+                add(compare, method, variant)
+    for shape in [compare] + [s for s in shapes if s != compare]:
+        for method in METHODS:
+            if method != "ppo" or shape == compare:
+                add(shape, method, "lowtune")
     return plan
 
 
@@ -738,94 +890,121 @@ def _gib(mb: float | None) -> float | None:
     return None if mb is None else mb / 1024
 
 
-def cuda_table(rows: list[dict], compare: str) -> tuple[list[list[str]], list[str], dict]:
-    by = {(r["shape"], r["method"], r["variant"]): r for r in rows}
-    plain = by.get((compare, "grpo", "plain"), {})
-    comparison: dict[str, Any] = {}
+def verdict(value: float, op: str, bound: float) -> dict[str, Any]:
+    """A ratio against one target: met or not, and by how much (relative to the bound)."""
+    met = value <= bound if op == "<=" else value >= bound
+    off = value / bound - 1
+    text = (f"{value:.2f}x plain (target {op} {bound:g}x): {'met' if met else 'NOT met'}, "
+            f"{abs(off):.0%} {'above' if off > 0 else 'below'} the target")  # fmt: skip
+    return {"target": f"{op} {bound:g}", "met": met, "off": round(off, 3), "text": text}
+
+
+def cuda_ratios(rows: list[dict]) -> list[dict]:
+    """lowtune / plain TRL for every measured row with a measured plain row at its shape and method: s/step, tokens/s
+    and peak memory (max allocated; the dry run: peak RSS), each checked against the method's TARGETS."""
+    plain = {(r["shape"], r["method"]): r for r in rows if r["variant"] == "plain" and "error" not in r}
+    out = []
+    for r in rows:
+        base = plain.get((r["shape"], r["method"]))
+        if r["variant"] == "plain" or base is None or "error" in r:
+            continue
+        entry: dict[str, Any] = {"shape": r["shape"], "method": r["method"], "variant": r["variant"]}
+        for key in RATIO_NAMES:
+            mine, theirs = (peak_mb(x) if key == "peak" else x.get(key) for x in (r, base))
+            entry[key] = round(mine / theirs, 3) if mine and theirs else None
+        targets = TARGETS.get(r["method"], {})
+        entry["targets"] = {k: verdict(entry[k], *t) for k, t in targets.items() if entry[k] is not None}
+        entry["all_met"] = (
+            bool(targets) and len(entry["targets"]) == len(targets) and all(t["met"] for t in entry["targets"].values())
+        )
+        out.append(entry)
+    return out
+
+
+def ratio_notes(rows: list[dict], ratios: list[dict]) -> list[str]:
+    """One line per ratio entry (each target: met or NOT met, by how much), then per shape and method which
+    variants meet every target; and a line for each comparison that has no ratio (a side failed or was skipped)."""
+    notes, groups = [], {}
+    for e in ratios:
+        groups.setdefault((e["shape"], e["method"]), []).append(e)
+    for (shape, method), entries in groups.items():
+        for e in entries:
+            parts = [f"{RATIO_NAMES[k]} " + (e["targets"][k]["text"] if k in e["targets"] else f"{_fmt(e[k], '.2f')}x")
+                     for k in RATIO_NAMES]  # fmt: skip
+            notes.append(f"{method.upper()} at {shape}, {VARIANTS[e['variant']]} / plain: " + "; ".join(parts) + ".")
+        if method in TARGETS:
+            met = [VARIANTS[e["variant"]] for e in entries if e["all_met"]]
+            notes.append(f"{method.upper()} at {shape}: every target met by " + ", ".join(met) + "." if met else
+                         f"{method.upper()} at {shape}: no measured variant meets every target.")  # fmt: skip
+    compared = {(r["shape"], r["method"]) for r in rows if r["variant"] == "plain"}
+    for shape, method in sorted(compared - set(groups)):
+        notes.append(f"{method.upper()} at {shape}: no ratio (the lowtune or the plain row failed or was skipped).")
+    return notes
+
+
+def cuda_table(rows: list[dict]) -> tuple[list[list[str]], list[str], list[dict]]:
+    ratios = cuda_ratios(rows)
+    by = {(e["shape"], e["method"], e["variant"]): e for e in ratios}
     table = []
     for r in rows:
-        vs = ""
-        if (
-            r["method"] == "grpo"
-            and r["shape"] == compare
-            and r["variant"] != "plain"
-            and peak_mb(plain)
-            and peak_mb(r)
-        ):
-            ratio = peak_mb(r) / peak_mb(plain)
-            comparison[r["variant"]] = {
-                "peak_mb": peak_mb(r),
-                "plain_peak_mb": peak_mb(plain),
-                "ratio": round(ratio, 3),
-            }
-            vs = f"{ratio:.2f}x"
-        name = "lowtune" if r["variant"] == "lowtune" else VARIANTS[r["variant"]]
+        name = VARIANTS[r["variant"]] + (f" ({r['precision']} base)" if r.get("precision") else "")
         if "error" in r:
-            table.append([r["shape"], r["method"], name, "error", "", "", "", "", r["error"].splitlines()[-1][:80]])
+            what = "skipped" if r["error"].startswith("skipped:") else "error"
+            table.append([r["shape"], r["method"], name, what, "", "", "", "", "", "",
+                          r["error"].splitlines()[-1].removeprefix("skipped: ")[:160]])  # fmt: skip
             continue
+        e = by.get((r["shape"], r["method"], r["variant"]), {})
         table.append([r["shape"], r["method"], name, _fmt(_gib(peak_mb(r)), ".2f"),
                       _fmt(_gib(r.get("cuda_max_reserved_mb")), ".2f"), _fmt(_gib(start_mb(r)), ".2f"),
-                      _fmt(r.get("s_per_step"), ".2f"), _fmt(r.get("tokens_per_s")), vs])  # fmt: skip
+                      _fmt(r.get("s_per_step"), ".2f"), _fmt(r.get("tokens_per_s")),
+                      *(f"{e[k]:.2f}x" if e.get(k) else "" for k in RATIO_NAMES)])  # fmt: skip
     notes = [
         "peak: torch.cuda.max_memory_allocated from the start of training (weights included), on CPU (dry run) the "
         "worker's peak RSS; at start: memory in use when trainer.train() began (quantized model + adapter). "
-        "tokens/s: SFT batch x length; DPO and GRPO the trainer's token counter (GRPO: prompt + completion)."
+        "tokens/s: SFT batch x length; DPO and GRPO the trainer's token counter (GRPO: prompt + completion). "
+        f"PPO: s/step over a whole rollout ({PPO_EPOCHS} epochs x its minibatches), no token counter. "
+        "x plain: lowtune (or the lever) / plain TRL + PEFT + bitsandbytes at the same shape and work.",
+        *ratio_notes(rows, ratios),
     ]
-    work = "8 generations x 512 tokens" if compare != "tiny-qwen2" else "dry run, tiny shape"
-    if "lowtune" in comparison:
-        ratios = {k: v["ratio"] for k, v in comparison.items()}
-        best = min(ratios.values())
+    if any(r.get("precision") for r in rows):
         notes.append(
-            f"GRPO at the {compare} shape ({work}), peak memory lowtune / plain TRL + PEFT + bitsandbytes: "
-            + "; ".join(f"{'lowtune' if k == 'lowtune' else VARIANTS[k]} {v:.2f}" for k, v in ratios.items())
-            + f". Target at most 0.50: {'met' if ratios['lowtune'] <= 0.5 else 'NOT met'} with lowtune's defaults"
-            + (f", {'met' if best <= 0.5 else 'NOT met'} by the best variant ({best:.2f})" if len(ratios) > 1 else "")
+            "Rows with an fp32 base: the CPU dry run cannot train PPO on a 4-bit base (bitsandbytes' CPU path repacks "
+            "the weights for inference when the rollouts generate, and cannot train through them afterwards)."
         )
-        floor = (start_mb(plain) or 0) / peak_mb(plain)
-        if best > 0.5 and floor > 0.5:
-            notes.append(
-                f"The plain run held {_gib(start_mb(plain)):.2f} GiB when training began (the NF4 model and adapter), "
-                f"{floor:.0%} of its peak: half its peak is less than the quantized model itself, so no run that "
-                "keeps the same NF4 weights on the GPU can reach the 0.50 target."
-            )
-    elif (compare, "grpo", "lowtune") in by:
-        notes.append(f"GRPO comparison at {compare}: incomplete (a side failed or was skipped); no ratio")
-    comparison["plain_gradient_checkpointing"] = (plain.get("checks") or {}).get("gradient_checkpointing")
-    if comparison["plain_gradient_checkpointing"] is not None:
+    plain_gc = {r["method"]: (r.get("checks") or {}).get("gradient_checkpointing") for r in rows
+                if r["variant"] == "plain" and "error" not in r}  # fmt: skip
+    if plain_gc:
         notes.append(
-            f"The plain TRL script ran with gradient_checkpointing={comparison['plain_gradient_checkpointing']} "
-            "(TRL's GRPOConfig default); lowtune's model.gradient_checkpointing is auto (on with CUDA)."
+            "The plain TRL scripts ran with gradient_checkpointing "
+            + ", ".join(f"{m}={v}" for m, v in plain_gc.items())
+            + " (TRL's config defaults); lowtune's model.gradient_checkpointing is auto (on with CUDA)."
         )
-    return table, notes, comparison
+    return table, notes, ratios
 
 
-def _cuda_figure(stem: Path, report: dict, compare: str) -> None:
+def _cuda_figure(stem: Path, report: dict, ratios: list[dict]) -> None:
     plt = _pyplot()
     rows = [r for r in report["measurements"] if "error" not in r and peak_mb(r)]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    for j, method in enumerate(("sft", "dpo", "grpo")):
+    width = 0.2
+    for j, method in enumerate(METHODS):
         values = {r["shape"]: _gib(peak_mb(r)) for r in rows if r["method"] == method and r["variant"] == "lowtune"}
-        xs = [i + (j - 1) * 0.27 for i, s in enumerate(shapes) if s in values]
-        ax1.bar(xs, [values[s] for s in shapes if s in values], width=0.27, label=method)
+        xs = [i + (j - 1.5) * width for i, s in enumerate(shapes) if s in values]
+        ax1.bar(xs, [values[s] for s in shapes if s in values], width=width, label=method)
     ax1.set_xticks(range(len(shapes)), shapes, fontsize=8)
     ax1.set_ylabel("peak GPU memory allocated, GiB" if report["machine"].get("gpu") else "peak RSS, GiB (CPU)")
     ax1.set_title("lowtune, NF4 + LoRA", fontsize=9)
     ax1.legend(fontsize=8)
-    grpo = [r for r in rows if r["shape"] == compare and r["method"] == "grpo"]
-    names = ["lowtune" if r["variant"] == "lowtune" else VARIANTS[r["variant"]] for r in grpo]
-    ax2.bar(range(len(grpo)), [_gib(peak_mb(r)) for r in grpo],
-            color=["#888" if r["variant"] == "plain" else "#2a7" for r in grpo])  # fmt: skip
-    ax2.bar(range(len(grpo)), [_gib(start_mb(r) or 0) for r in grpo], width=0.5, color="#335", alpha=0.5,
-            label="at start of training (model + adapter)")  # fmt: skip
-    plain = next((r for r in grpo if r["variant"] == "plain"), None)
-    if plain:
-        ax2.axhline(_gib(peak_mb(plain)) / 2, color="#c33", linestyle="--", linewidth=1, label="target: half of plain")
+    xs = range(len(ratios))
+    for j, (key, color) in enumerate((("s_per_step", "#c73"), ("tokens_per_s", "#2a7"), ("peak", "#357"))):
+        ax2.bar([x + (j - 1) * 0.27 for x in xs], [e[key] or 0 for e in ratios], width=0.27, color=color,
+                label=RATIO_NAMES[key])  # fmt: skip
+    ax2.axhline(1.0, color="#888", linewidth=1)
+    ax2.set_xticks(xs, [f"{e['shape']}\n{e['method']} {e['variant']}" for e in ratios], fontsize=6, rotation=90)
+    ax2.set_ylabel("lowtune / plain TRL + PEFT + bnb")
+    ax2.set_title("against plain TRL at the same shape and work", fontsize=9)
     ax2.legend(fontsize=8)
-    ax2.set_xticks(
-        range(len(grpo)), [n.replace(" + ", "\n+ ", 1) if n.startswith("lowtune") else n for n in names], fontsize=7
-    )
-    ax2.set_title(f"GRPO at the {compare} shape", fontsize=9)
     fig.suptitle(f"throughput_cuda — {describe(report['machine'])}", fontsize=8)
     fig.tight_layout()
     fig.savefig(stem.with_suffix(".png"), dpi=110)
@@ -883,16 +1062,18 @@ def main() -> None:
     c.add_argument("--timeout", type=float, default=300, help="seconds per worker")
     c.add_argument("--quick", action="store_true", help="smoke run: L=128, fp32 and nf4, no checkpointing, 1 round")
     g = sub.add_parser("cuda", help="real shapes (random weights) on a GPU: SFT, DPO, GRPO memory and speed")
-    g.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
-    g.add_argument("--methods", nargs="+", choices=["sft", "dpo", "grpo"], default=["sft", "dpo", "grpo"])
-    g.add_argument("--compare-shape", choices=list(SHAPES), default="qwen2.5-1.5b", help="shape of the GRPO comparison")
-    g.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS),
-                   help="GRPO variants at the comparison shape besides lowtune's defaults")  # fmt: skip
+    g.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=DEFAULT_SHAPES)
+    g.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    g.add_argument("--compare-shape", choices=list(SHAPES), default="qwen2.5-1.5b",
+                   help="shape of the plain-TRL comparisons (SFT's also at Llama-3.2-1B) and levers")  # fmt: skip
+    g.add_argument("--variants", nargs="*", choices=["plain", *LEVERS], default=["plain", *LEVERS],
+                   help="plain TRL and the levers to run besides lowtune's defaults (default: all)")  # fmt: skip
     g.add_argument("--steps", type=int, default=3, help="steps of SFT and DPO")
     g.add_argument("--grpo-steps", type=int, default=2)
-    g.add_argument("--skip", type=int, default=1, help="measure from this step on")
-    g.add_argument("--budget", type=float, default=440, help="seconds for all measurements; later ones are skipped")
-    g.add_argument("--timeout", type=float, default=180, help="seconds per worker")
+    g.add_argument("--skip", type=int, default=1, help="measure from this step on (PPO: over its second rollout)")
+    g.add_argument("--budget", type=float, default=530, help="seconds for all measurements; later ones are skipped")
+    g.add_argument("--timeout", type=float, default=300,
+                   help="seconds per worker, loading included (a 1.5B GRPO row took up to 240 s)")  # fmt: skip
     g.add_argument("--tokenizer", default=str(builtin.model_path("smollm2-135m-instruct")),
                    help="directory with the tokenizer to save beside each random model")  # fmt: skip
     g.add_argument("--dry-run-cpu", action="store_true", help="the same path on the CPU with a tiny shape")

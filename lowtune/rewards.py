@@ -51,6 +51,7 @@ _LATEX = [
     (re.compile(r"\\div(?![a-zA-Z])"), "÷"),
     (re.compile(r"\\([$%])"), r"\1"),
 ]
+_THINK_SPAN = re.compile(r"<think>(.*?)</think>", re.S)
 _THINK_ANSWER = re.compile(r"^\s*<think>.+?</think>\s*<answer>.+?</answer>\s*$", re.S)
 
 
@@ -213,6 +214,18 @@ def length_reward(
         else:
             rewards.append(cosine_length_scale(length, max_length, wrong_short, wrong_long))
     return rewards
+
+
+def think_tokens(tokenizer) -> Callable[..., list[float]]:
+    """Not a reward, a measurement: the length in tokens of each completion's `<think>` part (0 without one). GRPO
+    logs it at weight 0 when the format reward is on, so metrics.jsonl has the think length of every step
+    (`rewards/think_tokens/mean`) and it changes nothing in training."""
+
+    def think_tokens(completions: list, **kwargs) -> list[float]:
+        spans = [_THINK_SPAN.search(completion_text(c)) for c in completions]
+        return [float(len(tokenizer(m.group(1), add_special_tokens=False)["input_ids"])) if m else 0.0 for m in spans]
+
+    return think_tokens
 
 
 def weighted_rewards(

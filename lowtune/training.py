@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from lowtune import data, dist, models, ui
+from lowtune import data, dist, levers, models, ui
 from lowtune.config import Recipe, train_config_class
 from lowtune.errors import LowtuneError, TrainingStopped
 from lowtune.evaluate import heldout_accuracy
@@ -40,7 +40,8 @@ TRAIN_DEFAULTS = dict(
 
 
 def trl_args(recipe: Recipe, run: RunDir, placement: Placement, method_defaults: dict[str, Any]):
-    """TRL's config for the method: lowtune's defaults, the method's, then the recipe's `train`.
+    """TRL's config for the method: lowtune's defaults, the method's, the speed levers measured for this device,
+    then the recipe's `train`.
 
     Built before the model loads: under DeepSpeed ZeRO-3 (recipes/accelerate/deepspeed-zero3.yaml) creating
     the arguments registers the DeepSpeed config, and transformers partitions the weights at load time only
@@ -55,8 +56,15 @@ def trl_args(recipe: Recipe, run: RunDir, placement: Placement, method_defaults:
         gradient_checkpointing=placement.gradient_checkpointing,
         seed=recipe.data.seed,
     )
+    # on CUDA the speed levers measured to win for the method, unless the recipe sets them; then off whatever
+    # this machine cannot run, with a line saying why (lowtune.levers)
+    measured = levers.defaults(recipe.method, device.type)
+    settings, notes = levers.usable({**defaults, **TRAIN_DEFAULTS, **method_defaults, **measured, **recipe.train},
+                                    device.type)  # fmt: skip
+    for note in notes:
+        ui.say(note)
     try:
-        return train_config_class(recipe.method)(**{**defaults, **TRAIN_DEFAULTS, **method_defaults, **recipe.train})
+        return train_config_class(recipe.method)(**settings)
     except ValueError as e:  # the config class's own checks (e.g. incompatible settings)
         raise LowtuneError(f"train: {e}") from None
 
@@ -189,7 +197,7 @@ def fit_on_prompts(method: str, recipe: Recipe, run: RunDir, placement: Placemen
         measured = fit(trainer, run, recipe, placement, lambda: heldout_accuracy(model, tokenizer, recipe))
 
     after = heldout_accuracy(model, tokenizer, recipe)
-    weights = dict(zip([f.__name__ for f in trainer.reward_funcs], args.reward_weights, strict=True))
+    weights = {f.__name__: w for f, w in zip(trainer.reward_funcs, args.reward_weights, strict=True) if w}
     details = {"logprob_kernel": kernel, "rewards": weights}
     return RunSummary(method, recipe.model.name, len(dataset), measured, details, heldout=BeforeAfter(before, after))
 

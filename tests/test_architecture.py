@@ -15,7 +15,7 @@ PACKAGE = ROOT / "lowtune"
 
 # Modules (or packages) that may import nothing of lowtune but lowtune.errors and their own package's modules.
 LEAVES = ["lowtune.errors", "lowtune.kernels", "lowtune.rewards", "lowtune.tools", "lowtune.pretokenizers",
-          "lowtune.logs", "lowtune.guard", "lowtune.results"]  # fmt: skip
+          "lowtune.logs", "lowtune.guard", "lowtune.results", "lowtune.levers"]  # fmt: skip
 
 
 def modules() -> dict[str, ast.Module]:

@@ -31,9 +31,14 @@ def test_every_shipped_recipe_loads(name):
         assert name.split("-") == methods or (name == "r1" and methods == ["sft", "grpo", "rejection_sampling"])
         return
     assert recipe.method in TRAIN_CONFIG_CLASSES
-    # The recipe's name says its method (gpu/ presets name it after the slash); toolformer is SFT after augmentation.
+    # The recipe's name says its method (gpu/ presets name it after the slash); toolformer is SFT after augmentation;
+    # r1-zero is DeepSeek-R1-Zero's recipe, GRPO from the base.
     said = name.split("/")[-1].split("-")[0]
-    assert said == recipe.method or (said == "toolformer" and recipe.method == "sft" and recipe.augment.tools)
+    assert (
+        said == recipe.method
+        or (said == "toolformer" and recipe.method == "sft" and recipe.augment.tools)
+        or (name == "r1-zero" and recipe.method == "grpo")
+    )
 
 
 def test_yaml_values_are_typed(tmp_path):

@@ -25,9 +25,10 @@ def test_grpo_runs_and_logs_every_reward(tmp_path):
     logs = [json.loads(line) for line in run.metrics.read_text().splitlines()]
     steps = [r for r in logs if "reward" in r]
     assert len(steps) == 2
-    for name in ("accuracy_reward", "format_reward", "length_reward"):
+    for name in ("accuracy_reward", "format_reward", "length_reward", "think_tokens"):
         assert all(f"rewards/{name}/mean" in r for r in steps)
     assert all("completions/mean_length" in r for r in steps)
+    # the think length is logged (the format reward is on), not rewarded: weight 0, so not among the rewards
     assert summary["rewards"] == {"accuracy_reward": 1.0, "format_reward": 0.5, "length_reward": 0.25}
     assert (run.adapter / "adapter_model.safetensors").is_file()
     assert summary["eval_before"]["n"] == 4 and summary["eval_after"]["n"] == 4

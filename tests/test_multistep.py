@@ -1,6 +1,7 @@
 """The builtin multi-step arithmetic task: exact worked traces, held-out problems never trained on, the difficulty
 knob, and its rows for SFT, GRPO and held-out evaluation."""
 
+import dataclasses
 import re
 
 import pytest
@@ -100,6 +101,12 @@ def test_multistep_rows_for_sft_and_grpo():
         {"role": "user", "content": problems[0].question},
     ]
     assert list(prompts["answer"]) == [str(p.answer) for p in problems]
+    # the direct-answer baseline: the same problems, the answer alone
+    direct = data.load(dataclasses.replace(cfg, traces=False), kind="sft")
+    assert [r["prompt"] for r in direct] == [r["prompt"] for r in sft]
+    assert [r["completion"] for r in direct] == [
+        [{"role": "assistant", "content": f"<answer>{p.answer}</answer>"}] for p in problems
+    ]
 
 
 def _words(text, add_special_tokens=False):

@@ -5,6 +5,8 @@ rewards accept; `--smoke` makes every stage a smoke run; a mistake inside a stag
 import json
 import os
 import signal
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -250,6 +252,35 @@ def test_rejection_sampling_keeps_exactly_the_right_well_formed_samples_and_trai
     replies = [json.loads(line)["messages"][-1]["content"] for line in again.kept.read_text().splitlines()]
     assert stats["accepted"] == stats["kept"] == 9 and len(replies) == 9
     assert [r.startswith("<think>") for r in replies[:3]] == [True, True, False] and "Checked" in replies[0]
+
+
+def test_rejection_sampling_spends_the_stages_budget_on_sampling_first(tmp_path, monkeypatch):
+    """budget.minutes is the stage's whole time: the SFT on the kept samples gets what sampling left, and a budget
+    that sampling spent whole stops with what to do, the kept samples saved for --resume."""
+
+    def slow(*args, **kwargs):
+        time.sleep(0.6)
+        return right_wrong_and_malformed(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "generate", slow)
+    budgets = []
+
+    def train_sft(recipe, run_dir, placement, args):
+        budgets.append(recipe.budget.minutes)
+        return SimpleNamespace(method="sft", details={})
+
+    for name, minutes in (("enough", 0.5), ("spent", 0.005)):
+        recipe = load_recipe(None, [*REJECTION, f"budget.minutes={minutes}"])
+        run = RunDir(tmp_path / name)
+        run.path.mkdir()
+        if name == "enough":
+            rejection_sampling.run(recipe, run, None, recipes.trl_args(recipe, run), train_sft)
+            assert 0.5 - 0.05 < budgets[0] <= 0.5 - 0.01  # 0.6 s of sampling = 0.01 min
+        else:
+            with pytest.raises(LowtuneError, match=r"took 0\.0 min of the stage's budget\.minutes 0\.005, leaving no "
+                                                   r"time to train.*reused on --resume"):  # fmt: skip
+                rejection_sampling.run(recipe, run, None, recipes.trl_args(recipe, run), train_sft)
+            assert len(budgets) == 1 and len(run.kept.read_text().splitlines()) == 3
 
 
 def test_rejection_sampling_that_keeps_nothing_says_what_to_do_and_leaves_no_run(tmp_path, monkeypatch):

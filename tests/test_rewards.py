@@ -11,6 +11,7 @@ from lowtune.rewards import (
     extract_answer,
     format_reward,
     length_reward,
+    think_tokens,
     to_number,
 )
 
@@ -186,6 +187,21 @@ def test_rewards_accept_chat_messages():
 )
 def test_format_reward(text, expected):
     assert format_reward([text]) == [expected]
+
+
+def test_think_tokens_measures_the_think_part_in_tokens():
+    class Words:  # a tokenizer of one token per word
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": text.split()}
+
+    measure = think_tokens(Words())
+    replies = [
+        "<think>14 × 3 = 42.</think><answer>42</answer>",
+        "42",
+        [{"role": "assistant", "content": "<think>a b</think>"}],
+    ]
+    assert measure.__name__ == "think_tokens"  # TRL logs it as rewards/think_tokens/mean
+    assert measure(replies, answer=["42"] * 3) == [5.0, 0.0, 2.0]
 
 
 def test_cosine_length_scale_endpoints_and_midpoint():

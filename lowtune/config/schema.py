@@ -339,6 +339,11 @@ class DataConfig(Section):
         between=(2, 4),
         default=3,
     )
+    traces: bool = _doc(
+        "multistep: the reply works the problem out (`<think>` its steps `</think><answer>n</answer>`); false: "
+        "the answer alone (`<answer>n</answer>`), a direct-answer baseline",
+        default=True,
+    )
 
     def check(self, name: str, at: At) -> None:
         heldout, dotted = self.heldout, f"{name}.heldout"

@@ -32,10 +32,11 @@ def read_rows(cfg: DataConfig) -> Iterator[tuple[str, dict[str, Any]]]:
     if cfg.source in ("arithmetic", "multistep"):
         if cfg.source == "arithmetic":
             problems = arithmetic.train(cfg.n_train, cfg.digits, cfg.operations, cfg.seed, cfg.operands)
-        else:  # the reply is the worked trace, <think>...</think><answer>...</answer>
+        else:  # the reply is the worked trace, <think>...</think><answer>...</answer> (or the answer alone)
             problems = multistep.train(cfg.n_train, cfg.digits, cfg.steps, cfg.seed)
         for i, p in enumerate(problems):
-            messages = [{"role": "user", "content": p.question}, {"role": "assistant", "content": p.solution}]
+            reply = p.solution if cfg.source == "arithmetic" or cfg.traces else f"<answer>{p.answer}</answer>"
+            messages = [{"role": "user", "content": p.question}, {"role": "assistant", "content": reply}]
             yield f"{cfg.source} row {i}", {"messages": messages, "answer": str(p.answer)}
         return
     if cfg.source == "arithmetic-text":

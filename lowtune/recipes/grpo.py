@@ -4,7 +4,8 @@ For each prompt the trainer samples a group of completions, scores each with the
 (`rewards.*` in the recipe: accuracy, format, length), and moves the policy toward the completions
 that beat their group's mean (DeepSeekMath, Shao et al. 2024). TRL's loss variants pass through
 `train.loss_type` (grpo, dr_grpo, dapo, ...). Each reward is logged separately by TRL
-(`rewards/<name>/mean` in metrics.jsonl), as is the mean completion length.
+(`rewards/<name>/mean` in metrics.jsonl), as is the mean completion length; with the format reward on, so is the
+mean length of the `<think>` part (`rewards/think_tokens/mean`, a measurement at weight 0).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def make_trainer(recipe: Recipe, args, model, tokenizer, dataset):
     from trl import GRPOTrainer
 
     funcs, args.reward_weights = reward_functions(recipe, args.max_completion_length)
+    if recipe.rewards.format:  # the think length of every step, logged (weight 0: not rewarded)
+        funcs, args.reward_weights = [*funcs, rewards.think_tokens(tokenizer)], [*args.reward_weights, 0.0]
     return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 

@@ -33,11 +33,23 @@ TRAIN_DEFAULTS = dict(learning_rate=2e-4, max_length=1024, logging_steps=1)
 def run(
     recipe: Recipe, run_dir: RunDir, placement: Placement, args, train_sft: Callable[..., RunSummary]
 ) -> RunSummary:
-    """Sample and keep (or reuse this run's kept.jsonl), then `train_sft` (the sft method's `run`) on the kept rows."""
+    """Sample and keep (or reuse this run's kept.jsonl), then `train_sft` (the sft method's `run`) on the kept rows.
+    `budget.minutes` is the stage's whole time: sampling in this invocation spends it first, the SFT gets the rest."""
+    began = time.perf_counter()
     stats = sample(recipe, run_dir, placement, args)
     kept = dataclasses.replace(recipe.data, source=str(run_dir.kept), format="messages", max_rows=None,
                                bad_rows="error")  # fmt: skip
-    summary = train_sft(dataclasses.replace(recipe, data=kept), run_dir, placement, args)
+    budget = recipe.budget
+    if budget.minutes is not None:
+        left = budget.minutes - (time.perf_counter() - began) / 60
+        if left <= 0:
+            raise LowtuneError(
+                f"rejection sampling took {stats['seconds'] / 60:.1f} min of the stage's budget.minutes "
+                f"{budget.minutes:g}, leaving no time to train on the kept samples: raise budget.minutes, or sample "
+                "fewer (data.n_train, train.num_generations); the kept samples are saved and reused on --resume"
+            )
+        budget = dataclasses.replace(budget, minutes=left)
+    summary = train_sft(dataclasses.replace(recipe, data=kept, budget=budget), run_dir, placement, args)
     summary.method = "rejection_sampling"
     summary.details = {**summary.details, "sampling": stats}
     return summary

@@ -1,0 +1,87 @@
+"""The reasoning study's harness (benchmarks/reasoning.py): its arms' recipes and budgets, its figures."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import reasoning  # noqa: E402
+from lowtune.config import load_recipe  # noqa: E402
+
+
+def test_each_arm_is_its_shipped_recipe_cut_to_its_stages_with_the_budget_shared_out(tmp_path):
+    cfg = {"model": "smollm2-135m-instruct", "minutes": 12.0, "steps": None, "eval_every": 3.0, "n_curve": 50,
+           "max_new_tokens": 96, "length_weight": 0.1}  # fmt: skip
+    for arm, (name, shares) in reasoning.PLAN.items():
+        path = reasoning.recipe_file(arm, tmp_path)
+        recipe = load_recipe(path, reasoning.overrides(arm, cfg, tmp_path, name == "r1"))
+        stages = [s.recipe for s in recipe.stages] or [recipe]
+        assert len(stages) == len(shares), arm
+        assert abs(sum(s.budget.minutes for s in stages) - 12.0) < 0.01, arm  # equal minutes for every arm
+        assert all(s.eval.every_minutes == 3.0 and s.eval.n == 50 and s.eval.task == "multistep" for s in stages), arm
+        assert all(s.data.steps == 3 for s in stages), arm  # trained on 4 operands, scored on held-out 4 operands
+        assert stages[0].data.traces == (arm != "direct_sft"), arm
+    r1 = load_recipe(reasoning.recipe_file("r1", tmp_path), reasoning.overrides("r1", cfg, tmp_path, True))
+    assert [s.method for s in r1.stages] == ["sft", "grpo", "rejection_sampling"]
+    assert r1.stages[1].recipe.rewards.length == 0
+    arm = "cold_start_grpo_length"
+    longer = load_recipe(reasoning.recipe_file(arm, tmp_path), reasoning.overrides(arm, cfg, tmp_path, True))
+    assert longer.stages[1].recipe.rewards.length == 0.1
+    zero = load_recipe(ROOT / "recipes" / "r1-zero.yaml")
+    assert zero.method == "grpo" and "<think>" in zero.system_prompt()  # the format asked for, no cold start
+    assert yaml.safe_load((ROOT / "recipes" / "r1.yaml").read_text())["data"]["system_prompt"] is None
+
+
+def test_the_minutes_count_sampling_and_the_curve_runs_across_stages():
+    level = {"accuracy": 0.5, "format": 1.0, "think_tokens": 40.0}
+    result = {
+        "levels": {"3": level, "4": {**level, "accuracy": 0.25}, "5": level},
+        "parts": [
+            {"stage": 1, "method": "sft", "steps": 10, "wall_time_s": 60.0, "sampling_s": 0.0,
+             "eval_during": [{"train_time_s": 30.0, "accuracy": 0.1, "mean_reply_tokens": 50}],
+             "eval_after": {"accuracy": 0.2, "mean_reply_tokens": 45}},
+            {"stage": 2, "method": "rejection_sampling", "steps": 5, "wall_time_s": 60.0, "sampling_s": 120.0,
+             "eval_during": [], "eval_after": {"accuracy": 0.25, "mean_reply_tokens": 40}},
+        ],
+    }  # fmt: skip
+    row = reasoning.summarize("r1", result)
+    assert row["minutes"] == 4.0 and row["steps"] == 15 and row["accuracy"] == 0.25
+    assert [(c["minutes"], c["stage"], c["accuracy"]) for c in row["curve"]] == [
+        (0.5, 1, 0.1), (1.0, 1, 0.2), (4.0, 2, 0.25)
+    ]  # fmt: skip
+
+
+def test_reasoning_harness_quick_on_tiny_random(tmp_path, tiny_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "results"
+    arms = [
+        "base",
+        "direct_sft",
+        "r1_zero",
+    ]  # no training; a pipeline arm; a one-method arm (r1's stages: test_pipeline)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "reasoning.py"), "--quick", "--model", "tiny-random", "--out",
+         str(out), "--only", *arms],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "reasoning.json").read_text())
+    assert list(report["arms"]) == arms and report["machine"]["torch"]
+    assert sorted(report["reference_think_tokens"]) == ["3", "4", "5"]  # the worked traces' lengths, per level
+    for arm, row in report["arms"].items():
+        assert "error" not in row, (arm, row.get("log_tail"))
+        assert sorted(row["levels"]) == ["3", "4", "5"] and all(lv["n"] == 2 for lv in row["levels"].values())
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["format"] <= 1
+        assert row["steps"] == (0 if arm == "base" else 2), arm
+        if arm != "base":  # periodic evaluations and the final one
+            assert len(row["curve"]) >= 2 and row["parts"][0]["eval_after"] is not None, arm
+    grpo = report["arms"]["r1_zero"]["parts"][0]["grpo"]
+    assert len(grpo) == 2 and all("completion_tokens" in s and "think_tokens" in s for s in grpo)
+    table = (out / "reasoning.md").read_text()
+    assert all(f"| {arm} |" in table for arm in arms) and (out / "reasoning.png").stat().st_size > 0
