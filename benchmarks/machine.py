@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +101,16 @@ def train_run(recipe: Path, name: str, overrides: list[str]) -> Path:
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return Path(next(line.split("run directory ", 1)[1] for line in out.stdout.splitlines() if "run directory" in line))
+
+
+def run_worker(script: str, name: str, cfg: dict, workdir: Path) -> dict:
+    """Run `script --worker name` in a fresh process (a harness's arm or method); the JSON it wrote to
+    workdir/<name>.result.json with the process's seconds, or {"error", "log_tail"}: a failure never stops a harness."""
+    out = workdir / f"{name}.result.json"
+    cmd = [sys.executable, script, "--worker", name, "--workdir", str(workdir), "--config", json.dumps(cfg)]
+    began = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        return {"error": f"exit code {proc.returncode}", "log_tail": tail, "process_s": time.perf_counter() - began}
+    return {**json.loads(out.read_text()), "process_s": round(time.perf_counter() - began, 1)}

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import describe, machine_info, markdown_table  # noqa: E402
+from benchmarks.machine import describe, machine_info, markdown_table, run_worker  # noqa: E402
 
 # The GRPO loss family (TRL's `loss_type`; GSPO is sequence-level importance sampling): the shipped grpo
 # recipe with only these settings changed. "grpo" itself runs TRL's default loss, dapo.
@@ -234,19 +233,6 @@ def toolformer(cfg: dict, workdir: Path) -> dict:
 # ---------------------------------------------------------------- the harness
 
 
-def run_worker(method: str, cfg: dict, workdir: Path, timeout: float | None) -> dict:
-    out = workdir / f"{method}.result.json"
-    cmd = [sys.executable, __file__, "--worker", method, "--workdir", str(workdir), "--config", json.dumps(cfg)]
-    began = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0 or not out.exists():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        return {"error": f"exit code {proc.returncode}", "log_tail": tail, "process_s": time.perf_counter() - began}
-    result = json.loads(out.read_text())
-    result["process_s"] = round(time.perf_counter() - began, 1)
-    return result
-
-
 def summarize(method: str, result: dict, base: dict) -> dict:
     """One row of the table: totals over the method's parts, and its accuracy-vs-time curve."""
     if "error" in result:
@@ -357,7 +343,7 @@ def main() -> None:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        base = report.get("base") or run_worker("base", cfg, workdir, None)
+        base = report.get("base") or run_worker(__file__, "base", cfg, workdir)
         if "error" in base:
             raise SystemExit(f"the base model's evaluation failed:\n{base['log_tail']}")
         report["base"] = base
@@ -365,7 +351,7 @@ def main() -> None:
         for method in methods:
             extra = {}
             if method == "ppo-rm":
-                reward = run_worker("reward", cfg, workdir, None)
+                reward = run_worker(__file__, "reward", cfg, workdir)
                 if "error" in reward:
                     report["methods"][method] = {"method": method, "error": "reward model: " + reward["error"],
                                                  "log_tail": reward.get("log_tail")}  # fmt: skip
@@ -375,7 +361,7 @@ def main() -> None:
                          "reward_model": {"minutes": rm["wall_time_s"] / 60, "steps": rm["steps"],
                                           "pairwise_accuracy": (reward["pairwise"] or {}).get("accuracy")}}  # fmt: skip
             ui.say(f"{method} ...")
-            result = run_worker(method, {**cfg, **extra}, workdir, None)
+            result = run_worker(__file__, method, {**cfg, **extra}, workdir)
             if "reward_model" in extra:
                 result["reward_model"] = extra["reward_model"]
             row = summarize(method, result, base)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import describe, machine_info, markdown_table  # noqa: E402
+from benchmarks.machine import describe, machine_info, markdown_table, run_worker  # noqa: E402
 
 ARMS = ["base", "cold_start_sft", "direct_sft", "cold_start_grpo", "r1", "r1_zero", "cold_start_grpo_length"]
 # Each arm: the recipe, how many of its stages it runs, and each stage's share of the budget.
@@ -196,19 +195,6 @@ def worker(arm: str, cfg: dict, workdir: Path) -> dict:
 # ---------------------------------------------------------------- the harness
 
 
-def run_worker(arm: str, cfg: dict, workdir: Path) -> dict:
-    out = workdir / f"{arm}.result.json"
-    cmd = [sys.executable, __file__, "--worker", arm, "--workdir", str(workdir), "--config", json.dumps(cfg)]
-    began = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not out.exists():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        return {"error": f"exit code {proc.returncode}", "log_tail": tail}
-    result = json.loads(out.read_text())
-    result["process_s"] = round(time.perf_counter() - began, 1)
-    return result
-
-
 def summarize(arm: str, result: dict) -> dict:
     """One arm's figures: the headline level's, the minutes (sampling counted), the curve over stages."""
     if "error" in result:
@@ -289,7 +275,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arm in arms:
             ui.say(f"{arm} ...")
-            row = summarize(arm, run_worker(arm, cfg, Path(tmp)))
+            row = summarize(arm, run_worker(__file__, arm, cfg, Path(tmp)))
             report["arms"][arm] = row
             shown = row.get("error") or f"{row['accuracy']:.0%}, format {row['format']:.0%}"
             ui.say(f"{arm}: {shown} after {row.get('minutes', 0):.1f} min")

@@ -41,10 +41,11 @@ def run(
                                bad_rows="error")  # fmt: skip
     budget = recipe.budget
     if budget.minutes is not None:
-        left = budget.minutes - (time.perf_counter() - began) / 60
+        spent = (time.perf_counter() - began) / 60  # loading the model to sample with included
+        left = budget.minutes - spent
         if left <= 0:
             raise LowtuneError(
-                f"rejection sampling took {stats['seconds'] / 60:.1f} min of the stage's budget.minutes "
+                f"rejection sampling took {spent:.1f} min of the stage's budget.minutes "
                 f"{budget.minutes:g}, leaving no time to train on the kept samples: raise budget.minutes, or sample "
                 "fewer (data.n_train, train.num_generations); the kept samples are saved and reused on --resume"
             )
