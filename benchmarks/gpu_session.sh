@@ -6,7 +6,8 @@
 #                 .whl/, the builtin model's tokenizer into .gpu/; 61 MB, under the 64 MiB a call carries)
 #   call 1:       command "bash benchmarks/gpu_session.sh throughput", carry [".whl", ".gpu"], timeout_s 600
 #                 lowtune against plain TRL + PEFT + bitsandbytes: GRPO, then SFT, then DPO, then the speed levers
-#                 while the budget lasts (throughput_cuda.*; issue 22; about 9 minutes)
+#                 while the budget lasts (throughput_cuda.*; issue 22; about 9 minutes, estimated from the recorded
+#                 H200 row times in benchmarks/results/throughput_cuda.json, not yet run)
 #   call 2:       command "bash benchmarks/gpu_session.sh kernel", same carry, timeout_s 240, on the warm machine
 #                 the Triton log-prob kernel's tests on the GPU (issue 19) and the kernel at the Llama-3-8B head shape
 #                 against TRL's chunked path and Liger, with the matmul rate (logprobs_cuda.*; issue 22)
