@@ -5,6 +5,7 @@
     python benchmarks/methods.py --steps 60             # an optimizer-step budget instead of minutes
     python benchmarks/methods.py --quick                # every method for a few steps (a couple of minutes)
     python benchmarks/methods.py --quick --model tiny-random   # the harness test (tests/test_methods.py)
+    python benchmarks/methods.py --merge benchmarks/results/methods_toolbox.json   # its rows into methods.*
 
 Task: 2-digit addition; held-out set: the same `eval.n` problems for every method, never trained on,
 greedy, answer = the last number of the reply. Each method runs its shipped recipe (recipes/*.yaml)
@@ -295,6 +296,14 @@ def main() -> None:
         help="re-measure --only's methods into the existing results (same settings; the base model's score kept; "
         "a row measured on another machine says which)",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: copy the rows of these results (same settings) into --name's, one table and plot "
+        "for all; a row from another machine says which, a row of the same method is replaced",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -306,6 +315,12 @@ def main() -> None:
 
     from lowtune import builtin, ui
 
+    if args.merge:
+        stem = args.out / args.name
+        report = merged(stem, args.merge)
+        write(stem, report)
+        ui.table("Methods on 2-digit addition, " + describe(report["machine"]), COLUMNS, table_rows(report))
+        return
     methods = args.only or METHODS
     steps = args.steps
     cfg: dict[str, Any] = {
@@ -386,16 +401,45 @@ def earlier_report(stem: Path, cfg: dict) -> dict:
     if not path.is_file():
         raise SystemExit(f"--update: {path} does not exist; run without --update first")
     report = json.loads(path.read_text())
-    old = report["settings"]  # a setting it predates reads as unset (None, False and [] alike)
-    differ = sorted(k for k in {*cfg, *old} if (cfg.get(k) or None) != (old.get(k) or None))
+    differ = settings_differ(cfg, report["settings"])
     if differ:
         raise SystemExit(f"--update: {path} was measured with other settings ({', '.join(differ)}); use the same ones")
+    return report
+
+
+def settings_differ(a: dict, b: dict) -> list[str]:
+    """The settings in which two results differ; one a result predates reads as unset (None, False, [] alike)."""
+    return sorted(k for k in {*a, *b} if (a.get(k) or None) != (b.get(k) or None))
+
+
+def merged(stem: Path, sources: list[Path]) -> dict:
+    """`--merge`: the results at `stem` with the rows of `sources` added (or replacing rows of the same method),
+    each labelled with its machine where that differs from the report's; every source must have the report's
+    settings, as `--update` requires."""
+    path = stem.with_suffix(".json")
+    if not path.is_file():
+        raise SystemExit(f"--merge: {path} does not exist; name the results to merge into with --name/--out")
+    report = json.loads(path.read_text())
+    for source in sources:
+        other = json.loads(source.read_text())
+        differ = settings_differ(report["settings"], other["settings"])
+        if differ:
+            raise SystemExit(f"--merge: {source} was measured with other settings than {path} ({', '.join(differ)})")
+        for method, row in other["methods"].items():
+            row = dict(row)
+            machine = row.pop("machine", other["machine"])
+            report["methods"][method] = row if machine == report["machine"] else {**row, "machine": machine}
     return report
 
 
 # transformers counts the tokens of a batch's `input_ids`; ORPO's batches have chosen_/rejected_input_ids and online
 # DPO generates its own, so neither trainer reports how many it processed.
 NOT_COUNTED = "not counted"
+
+
+def label(method: str, row: dict) -> str:
+    """The row's name, with its machine when it was measured on another one than the report's (--update, --merge)."""
+    return f"{method} ({describe(row['machine']).split(';')[0]})" if "machine" in row else method
 
 
 def table_rows(report: dict) -> list[list[str]]:
@@ -408,8 +452,7 @@ def table_rows(report: dict) -> list[list[str]]:
         reply = "–" if r.get("reply_tokens") is None else f"{r['reply_tokens']:.1f}"  # –: not recorded
         if r.get("completion_tokens") is not None:  # and what it sampled while training
             reply += f" (training: {r['completion_tokens']:.1f})"
-        if "machine" in r:  # measured later, on another machine (--update)
-            method = f"{method} ({describe(r['machine']).split(';')[0]})"
+        method = label(method, r)
         tokens = f"{r['tokens']:,}" if r["tokens"] else NOT_COUNTED
         rows.append([method, f"{r['accuracy_before']:.0%} → {after}", reply, f"{r['minutes']:.1f}", str(r["steps"]),
                      tokens, f"{r['peak_memory_mb']:,.0f}", f"{r['trainable_params']:,}"])  # fmt: skip
@@ -438,17 +481,21 @@ def write(stem: Path, report: dict) -> None:
     import matplotlib.pyplot as plt
 
     done = {m: r for m, r in report["methods"].items() if "error" not in r}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.bar(list(done), [r["accuracy_after"] or 0 for r in done.values()], color="#2a7")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    ax1.bar([label(m, r) for m, r in done.items()], [r["accuracy_after"] or 0 for r in done.values()], color="#2a7")
     ax1.axhline(report["base"]["accuracy"], color="#888", ls="--", label="base model")
     ax1.set_ylabel("held-out accuracy after training")
-    ax1.tick_params(axis="x", labelrotation=30)
+    ax1.tick_params(axis="x", labelrotation=30, labelsize=8)
+    plt.setp(ax1.get_xticklabels(), ha="right")
     ax1.legend()
-    for method, r in done.items():
-        ax2.plot([c["minutes"] for c in r["curve"]], [c["accuracy"] for c in r["curve"]], marker="o", label=method)
+    colors = plt.get_cmap("tab20").colors  # more rows than the default cycle's 10 colours
+    for i, (method, r) in enumerate(done.items()):
+        curve = r["curve"]
+        ax2.plot([c["minutes"] for c in curve], [c["accuracy"] for c in curve], marker="o", label=label(method, r),
+                 color=colors[2 * i % 20 + 2 * i // 20 % 2])  # fmt: skip
     ax2.set_xlabel("training minutes (evaluations excluded)")
     ax2.set_ylabel("held-out accuracy")
-    ax2.legend(fontsize=8)
+    ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.suptitle(f"Methods on 2-digit addition, {budget} each — {describe(report['machine'])}", fontsize=9)
     fig.tight_layout()
     fig.savefig(stem.with_suffix(".png"), dpi=110)

@@ -133,3 +133,36 @@ def test_update_measures_again_into_results_of_the_same_settings_only(tmp_path):
         methods.earlier_report(stem, {**cfg, "minutes": 8.0, "n": 50})
     report["methods"]["dpo"] = {**row, "machine": {"cpu": "EPYC", "cores": 2, "torch": "2.13.0+cpu"}}
     assert [r[0] for r in methods.table_rows(report)] == ["sft", "dpo (EPYC, 2 cores)"]
+
+
+def test_merge_brings_rows_of_the_same_settings_into_one_table(tmp_path):
+    """`methods.py --merge OTHER.json` copies OTHER's rows into the named results: refused when the settings
+    differ; a row keeps the machine it was measured on (named in the table) and replaces a row of that method."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import methods
+
+    settings = {"model": "m", "n": 100, "minutes": 6.0, "steps": None}
+    row = {"accuracy_before": 0.21, "accuracy_after": 0.9, "minutes": 6.0, "steps": 9, "tokens": 1,
+           "peak_memory_mb": 1, "trainable_params": 1, "curve": []}  # fmt: skip
+    xeon, epyc = ({"cpu": cpu, "cores": 2, "torch": "2.13.0+cpu"} for cpu in ("Xeon", "EPYC"))
+    stem = tmp_path / "methods"
+    with pytest.raises(SystemExit, match="does not exist"):
+        methods.merged(stem, [])
+    recorded = {"sft": row, "kto": {**row, "accuracy_after": 0.3}}
+    report = {"machine": xeon, "settings": settings, "base": {"accuracy": 0.21}, "methods": recorded}
+    stem.with_suffix(".json").write_text(json.dumps(report))
+    other = tmp_path / "toolbox.json"
+    other.write_text(json.dumps({"machine": epyc, "settings": {**settings, "n": 50}, "methods": {"kto": row}}))
+    with pytest.raises(SystemExit, match=r"other settings than .* \(n\)"):
+        methods.merged(stem, [other])
+    rows = {"kto": {**row, "accuracy_after": 0.65}, "orpo": row, "dpo": {**row, "machine": xeon}}
+    toolbox = {"machine": epyc, "settings": settings, "methods": rows}
+    other.write_text(json.dumps(toolbox))
+    report = methods.merged(stem, [other])
+    assert [r[:2] for r in methods.table_rows(report)] == [
+        ["sft", "21% → 90%"], ["kto (EPYC, 2 cores)", "21% → 65%"], ["orpo (EPYC, 2 cores)", "21% → 90%"],
+        ["dpo", "21% → 90%"],
+    ]  # fmt: skip
+    methods.write(stem, report)
+    assert "kto (EPYC, 2 cores) | 21% → 65%" in stem.with_suffix(".md").read_text()
+    assert stem.with_suffix(".png").stat().st_size > 0
