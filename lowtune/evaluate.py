@@ -155,6 +155,15 @@ def heldout_problems(
     raise LowtuneError(f"eval.task {task!r} is unknown; use arithmetic, word_problems, multistep, gsm8k or null")
 
 
+def heldout_before(model, tokenizer, recipe: Recipe) -> HeldoutAccuracy | None:
+    """The held-out score of the model training starts from: the base (the fresh adapter switched off) or, with
+    `lora.start_from`, the adapter it trains further."""
+    if recipe.lora.start_from:
+        return heldout_accuracy(model, tokenizer, recipe, before=True)
+    with model.disable_adapter():
+        return heldout_accuracy(model, tokenizer, recipe, before=True)
+
+
 def heldout_accuracy(model, tokenizer, recipe: Recipe, before: bool = False) -> HeldoutAccuracy | None:
     """Greedy accuracy on the recipe's held-out task, or None when `eval.task` is null (or, for the
     score `before` training, when `eval.before` is off). With several processes the main one scores."""

@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 from lowtune import data, dist, levers, models, ui
 from lowtune.config import Recipe, train_config_class
 from lowtune.errors import LowtuneError, TrainingStopped
-from lowtune.evaluate import heldout_accuracy
+from lowtune.evaluate import heldout_accuracy, heldout_before
 from lowtune.guard import Guard
 from lowtune.kernels.trl import patched
 from lowtune.placement import Placement
@@ -182,15 +182,14 @@ def fit(trainer, run: RunDir, recipe: Recipe, placement: Placement, evaluate: Ca
 
 def fit_on_prompts(method: str, recipe: Recipe, run: RunDir, placement: Placement, args, make_trainer) -> RunSummary:
     """The run of a method that samples completions of the recipe's prompts from the adapted model and scores them
-    with rule rewards (GRPO, RLOO): the held-out score with the adapter off, the trainer
+    with rule rewards (GRPO, RLOO): the held-out score of the starting model, the trainer
     `make_trainer(recipe, args, model, tokenizer, prompts)` (it sets `args.reward_weights`), `fit` with the
     placement's log-prob kernel inside TRL's fused LM head, the held-out score after."""
     model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say, placement=placement)
     dataset = data.load(recipe.data, kind="prompt", system_prompt=recipe.system_prompt())
     ui.say(f"{len(dataset)} prompts from {recipe.data.source}")
 
-    with model.disable_adapter():
-        before = heldout_accuracy(model, tokenizer, recipe, before=True)
+    before = heldout_before(model, tokenizer, recipe)
 
     trainer = make_trainer(recipe, args, model, tokenizer, dataset)
     with patched(placement.logprob_kernel) as kernel:

@@ -350,3 +350,27 @@ def test_stage_sections_merge_over_the_pipelines_and_overrides_reach_one_stage(t
         load_recipe(path, ["stages.3.train.max_steps=1"])
     with pytest.raises(LowtuneError, match="stages\\[2\\].method reward trains a reward model"):
         load_recipe(path, ["stages.2.method=reward"])
+
+
+@pytest.mark.parametrize("method", ["sft", "grpo"])
+def test_the_score_before_training_is_the_adapter_a_run_starts_from(tmp_path, monkeypatch, method):
+    """With `lora.start_from` the held-out score before training is the adapter's, not the bare base's: summary.json's
+    "before" is where the run started (it read the base's 3% when the adapter it continued scored 42%)."""
+    adapter_on = []
+
+    def scored(model, tokenizer, problems, *args, **kwargs):
+        lora = [m for m in model.modules() if hasattr(m, "lora_A")]
+        adapter_on.append(bool(lora) and not any(m.disable_adapters for m in lora))
+        return evaluate.EvalResult(accuracy=0.5 if adapter_on[-1] else 0.0, n=len(problems), examples=[("q", "r", 1)])
+
+    monkeypatch.setattr(evaluate, "accuracy", scored)
+    extra = ["train.num_generations=4", "train.per_device_train_batch_size=4", "train.max_completion_length=8"]
+    common = ["model.name=tiny-random", "train.max_steps=1", "eval.n=2", "output.quiet=true", f"output.dir={tmp_path}",
+              *(extra if method == "grpo" else [])]  # fmt: skip
+    main(["train", method, *common, "output.name=fresh"])
+    fresh = json.loads((tmp_path / "fresh" / "summary.json").read_text())
+    assert adapter_on == [False, True] and fresh["eval_before"]["accuracy"] == 0.0
+    adapter_on.clear()
+    main(["train", method, *common, "output.name=further", f"lora.start_from={tmp_path / 'fresh'}"])
+    further = json.loads((tmp_path / "further" / "summary.json").read_text())
+    assert adapter_on == [True, True] and further["eval_before"]["accuracy"] == 0.5

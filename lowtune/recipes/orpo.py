@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from lowtune import data, models, training, ui
 from lowtune.config import Recipe
-from lowtune.evaluate import heldout_accuracy
+from lowtune.evaluate import heldout_accuracy, heldout_before
 from lowtune.placement import Placement
 from lowtune.results import BeforeAfter, ImplicitRewardAccuracy, RunSummary
 from lowtune.runs import RunDir
@@ -27,8 +27,7 @@ def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSumma
     pairs = data.load_pairs(recipe.data, recipe.system_prompt())
     ui.say(f"{len(pairs.train)} training pairs, {len(pairs.heldout or [])} held-out pairs ({pairs.format})")
 
-    with model.disable_adapter():
-        before = heldout_accuracy(model, tokenizer, recipe, before=True)
+    before = heldout_before(model, tokenizer, recipe)
     trainer = make_trainer(recipe, args, model, tokenizer, pairs)
     fit = training.fit(trainer, run_dir, recipe, placement, lambda: heldout_accuracy(model, tokenizer, recipe))
     preference = None

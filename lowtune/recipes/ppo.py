@@ -12,7 +12,7 @@ from __future__ import annotations
 from lowtune import data, dist, models, rewards, runs, training, ui
 from lowtune.config import Recipe
 from lowtune.errors import LowtuneError
-from lowtune.evaluate import heldout_accuracy
+from lowtune.evaluate import heldout_accuracy, heldout_before
 from lowtune.placement import Placement
 from lowtune.results import BeforeAfter, RunSummary
 from lowtune.runs import RunDir
@@ -61,8 +61,7 @@ def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSumma
     ui.say(f"{len(dataset)} prompts from {recipe.data.source}")
     policy = ActorCritic.build(model, reward_dir)
 
-    with model.disable_adapter():
-        before = heldout_accuracy(model, tokenizer, recipe, before=True)
+    before = heldout_before(model, tokenizer, recipe)
 
     if recipe.lora.dropout > 0:
         ui.say(

@@ -24,7 +24,7 @@ from lowtune import data, dist, models, training, ui
 from lowtune.config import Recipe
 from lowtune.data.records import sft_record
 from lowtune.errors import LowtuneError
-from lowtune.evaluate import heldout_accuracy
+from lowtune.evaluate import heldout_accuracy, heldout_before
 from lowtune.placement import Placement
 from lowtune.results import BeforeAfter, RunSummary
 from lowtune.runs import RunDir
@@ -44,8 +44,7 @@ def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSumma
         ui.say("the data has tool calls and the chat template has none: lowtune's ChatML template with tools is set "
                "on the tokenizer (saved with the adapter)")  # fmt: skip
 
-    with model.disable_adapter():
-        before = heldout_accuracy(model, tokenizer, recipe, before=True)
+    before = heldout_before(model, tokenizer, recipe)
 
     trainer = make_trainer(recipe, args, model, tokenizer, dataset)
     fit = training.fit(trainer, run_dir, recipe, placement, lambda: heldout_accuracy(model, tokenizer, recipe))
