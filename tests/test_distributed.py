@@ -96,12 +96,13 @@ def relative(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((x - y).norm() / y.norm())
 
 
-@pytest.mark.parametrize("method", ["reward", "grpo"])
-def test_reward_and_grpo_train_in_two_processes(tmp_path, tiny_path, method):
+@pytest.mark.parametrize("method", ["reward", "grpo", "rloo", "kto", "orpo", "online_dpo"])
+def test_each_method_trains_in_two_processes(tmp_path, tiny_path, method):
+    sampling = ["train.max_completion_length=8", "train.num_generations=2"]
     extra = {
         "reward": ["data.source=arithmetic", "data.data_dir=null", "data.max_rows=null", "data.heldout=null",
                    "data.bad_rows=error"],
-        "grpo": ["train.max_completion_length=8", "train.num_generations=2"],
+        "grpo": sampling, "rloo": sampling, "kto": [], "orpo": [], "online_dpo": ["train.max_new_tokens=8"],
     }[method]  # fmt: skip
     out = tmp_path / method
     out.mkdir()
