@@ -145,6 +145,14 @@ def test_override_values_yaml_cannot_parse_stay_text():
         load_recipe(None, ["output.name=run: 2"])
 
 
+def test_an_override_without_a_value_is_refused_not_read_as_unset():
+    """`budget.minutes=$M` with $M empty once ran with no budget at all; now it stops and says how to unset."""
+    for item in ["budget.minutes=", "budget.minutes=  "]:
+        with pytest.raises(LowtuneError, match=r"no value after '='; give one, or budget.minutes=null to unset"):
+            load_recipe(None, [item])
+    assert load_recipe(None, ["budget.minutes=5", "budget.minutes=null"]).budget.minutes is None
+
+
 def test_augmentation_feeds_sft_only():
     with pytest.raises(LowtuneError, match="Toolformer augmentation feeds SFT; set method: sft"):
         load_recipe(None, ["method=dpo", "augment.tools=[calculator]"])

@@ -39,6 +39,8 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise LowtuneError(f"override {item!r}: write it as section.field=value, e.g. train.max_steps=50")
+        if not value.strip():  # most often a shell variable that was empty: never read as "unset"
+            raise LowtuneError(f"override {item!r}: no value after '='; give one, or {key}=null to unset the field")
         target = raw
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -69,8 +71,6 @@ def _dotted(parts: list[str]) -> str:
 
 def _override_value(text: str) -> Any:
     """An override's value as YAML would read it (3, true, [a, b], null); text YAML cannot parse stays text."""
-    if not text.strip():
-        return None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
