@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -114,3 +115,20 @@ def run_worker(script: str, name: str, cfg: dict, workdir: Path) -> dict:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         return {"error": f"exit code {proc.returncode}", "log_tail": tail, "process_s": time.perf_counter() - began}
     return {**json.loads(out.read_text()), "process_s": round(time.perf_counter() - began, 1)}
+
+
+def add_worker_arguments(parser) -> None:
+    """The hidden arguments `run_worker` starts a harness's script with."""
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+
+
+def serve_worker(args, worker) -> bool:
+    """In a process `run_worker` started: run `worker(name, cfg, workdir)`, write its JSON where `run_worker` reads
+    it, and say True (the script then exits); False in the harness's own process."""
+    if not args.worker:
+        return False
+    result = worker(args.worker, json.loads(args.config), args.workdir)
+    (args.workdir / f"{args.worker}.result.json").write_text(json.dumps(result, indent=2))
+    return True

@@ -46,7 +46,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import describe, machine_info, markdown_table, run_worker  # noqa: E402
+from benchmarks.machine import (  # noqa: E402
+    add_worker_arguments,
+    describe,
+    machine_info,
+    markdown_table,
+    run_worker,
+    serve_worker,
+)
 
 # The GRPO loss family (TRL's `loss_type`; GSPO is sequence-level importance sampling): the shipped grpo
 # recipe with only these settings changed. "grpo" itself runs TRL's default loss, dapo.
@@ -304,13 +311,9 @@ def main() -> None:
         help="measure nothing: copy the rows of these results (same settings) into --name's, one table and plot "
         "for all; a row from another machine says which, a row of the same method is replaced",
     )
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
+    add_worker_arguments(parser)
     args = parser.parse_args()
-    if args.worker:
-        result = worker(args.worker, json.loads(args.config), args.workdir)
-        (args.workdir / f"{args.worker}.result.json").write_text(json.dumps(result, indent=2))
+    if serve_worker(args, worker):
         return
 
     from lowtune import builtin, ui

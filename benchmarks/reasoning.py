@@ -41,7 +41,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import describe, machine_info, markdown_table, run_worker  # noqa: E402
+from benchmarks.machine import (  # noqa: E402
+    add_worker_arguments,
+    describe,
+    machine_info,
+    markdown_table,
+    run_worker,
+    serve_worker,
+)
 
 ARMS = ["base", "cold_start_sft", "direct_sft", "cold_start_grpo", "r1", "r1_zero", "cold_start_grpo_length"]
 # Each arm: the recipe, how many of its stages it runs, and each stage's share of the budget.
@@ -238,13 +245,9 @@ def main() -> None:
         metavar="JSON",
         help="write the table and plot again from a results file (and its reference trace lengths)",
     )
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
+    add_worker_arguments(parser)
     args = parser.parse_args()
-    if args.worker:
-        result = worker(args.worker, json.loads(args.config), args.workdir)
-        (args.workdir / f"{args.worker}.result.json").write_text(json.dumps(result, indent=2))
+    if serve_worker(args, worker):
         return
     if args.render:
         report = json.loads(args.render.read_text())
