@@ -132,3 +132,28 @@ def serve_worker(args, worker) -> bool:
     result = worker(args.worker, json.loads(args.config), args.workdir)
     (args.workdir / f"{args.worker}.result.json").write_text(json.dumps(result, indent=2))
     return True
+
+
+def settings_differ(a: dict, b: dict) -> list[str]:
+    """The settings in which two results differ; one a result predates reads as unset (None, False, [] alike)."""
+    return sorted(k for k in {*a, *b} if (a.get(k) or None) != (b.get(k) or None))
+
+
+def merged_results(stem: Path, sources: list[Path], rows: str) -> dict:
+    """`--merge` of a harness: the results at `stem` with the `rows` (e.g. "methods", "arms") of `sources` added, or
+    replacing rows of the same name; each row labelled with its machine where that differs from the report's. Every
+    source must have the report's settings (the rows would not compare otherwise): an error names those that differ."""
+    path = stem.with_suffix(".json")
+    if not path.is_file():
+        raise SystemExit(f"--merge: {path} does not exist; name the results to merge into with --name/--out")
+    report = json.loads(path.read_text())
+    for source in sources:
+        other = json.loads(source.read_text())
+        differ = settings_differ(report["settings"], other["settings"])
+        if differ:
+            raise SystemExit(f"--merge: {source} was measured with other settings than {path} ({', '.join(differ)})")
+        for name, row in other[rows].items():
+            row = dict(row)
+            machine = row.pop("machine", other["machine"])
+            report[rows][name] = row if machine == report["machine"] else {**row, "machine": machine}
+    return report

@@ -51,8 +51,10 @@ from benchmarks.machine import (  # noqa: E402
     describe,
     machine_info,
     markdown_table,
+    merged_results,
     run_worker,
     serve_worker,
+    settings_differ,
 )
 
 # The GRPO loss family (TRL's `loss_type`; GSPO is sequence-level importance sampling): the shipped grpo
@@ -410,29 +412,9 @@ def earlier_report(stem: Path, cfg: dict) -> dict:
     return report
 
 
-def settings_differ(a: dict, b: dict) -> list[str]:
-    """The settings in which two results differ; one a result predates reads as unset (None, False, [] alike)."""
-    return sorted(k for k in {*a, *b} if (a.get(k) or None) != (b.get(k) or None))
-
-
 def merged(stem: Path, sources: list[Path]) -> dict:
-    """`--merge`: the results at `stem` with the rows of `sources` added (or replacing rows of the same method),
-    each labelled with its machine where that differs from the report's; every source must have the report's
-    settings, as `--update` requires."""
-    path = stem.with_suffix(".json")
-    if not path.is_file():
-        raise SystemExit(f"--merge: {path} does not exist; name the results to merge into with --name/--out")
-    report = json.loads(path.read_text())
-    for source in sources:
-        other = json.loads(source.read_text())
-        differ = settings_differ(report["settings"], other["settings"])
-        if differ:
-            raise SystemExit(f"--merge: {source} was measured with other settings than {path} ({', '.join(differ)})")
-        for method, row in other["methods"].items():
-            row = dict(row)
-            machine = row.pop("machine", other["machine"])
-            report["methods"][method] = row if machine == report["machine"] else {**row, "machine": machine}
-    return report
+    """`--merge`: the results at `stem` with the rows of `sources` added (or replacing rows of the same method)."""
+    return merged_results(stem, sources, "methods")
 
 
 # transformers counts the tokens of a batch's `input_ids`; ORPO's batches have chosen_/rejected_input_ids and online

@@ -46,6 +46,7 @@ from benchmarks.machine import (  # noqa: E402
     describe,
     machine_info,
     markdown_table,
+    merged_results,
     run_worker,
     serve_worker,
 )
@@ -55,9 +56,11 @@ ARMS = ["base", "cold_start_sft", "direct_sft", "cold_start_grpo", "r1", "r1_zer
 PLAN = {
     "direct_sft": ("r1", [1.0]),
     "cold_start_sft": ("r1", [1.0]),
-    "cold_start_grpo": ("r1", [1 / 3, 2 / 3]),
-    "cold_start_grpo_length": ("r1", [1 / 3, 2 / 3]),
-    "r1": ("r1", [0.3, 0.3, 0.4]),  # rejection sampling's sampling, a slow part on a CPU, counts in its share
+    # GRPO starts where SFT on the traces levels off (half the budget: benchmarks/results/reasoning_runs/sft300.json's
+    # curve levels off from minute 5 of 10), as R1's RL starts from a converged cold start
+    "cold_start_grpo": ("r1", [0.5, 0.5]),
+    "cold_start_grpo_length": ("r1", [0.5, 0.5]),
+    "r1": ("r1", [0.5, 0.2, 0.3]),  # rejection sampling's sampling, a slow part on a CPU, counts in its share
     "r1_zero": ("r1-zero", [1.0]),
 }
 LEVELS = (2, 3, 4)  # steps per problem: 3, 4 and 5 operands
@@ -98,7 +101,7 @@ def overrides(arm: str, cfg: dict, workdir: Path, pipeline: bool) -> list[str]:
         out.append("stages.1.data.traces=false")
     if arm == "cold_start_grpo_length":
         out.append(f"stages.2.rewards.length={cfg['length_weight']}")
-    return out
+    return out + cfg.get("set", [])
 
 
 def score(model, tokenizer, cfg: dict, system_prompt: str | None) -> dict:
@@ -202,6 +205,17 @@ def worker(arm: str, cfg: dict, workdir: Path) -> dict:
 # ---------------------------------------------------------------- the harness
 
 
+def merged(stem: Path, sources: list[Path]) -> dict:
+    """`--merge`: the results at `stem` with the arms of `sources` (same settings) added or replacing theirs, each
+    arm noting the file it was measured in, in the harness's order of arms."""
+    report = merged_results(stem, sources, "arms")
+    for source in sources:
+        for arm in json.loads(source.read_text())["arms"]:
+            report["arms"][arm]["measured_in"] = source.name
+    report["arms"] = {arm: report["arms"][arm] for arm in [*ARMS, *report["arms"]] if arm in report["arms"]}
+    return report
+
+
 def summarize(arm: str, result: dict) -> dict:
     """One arm's figures: the headline level's, the minutes (sampling counted), the curve over stages."""
     if "error" in result:
@@ -236,6 +250,9 @@ def main() -> None:
     parser.add_argument("--n-curve", type=int, default=50, help="held-out 4-operand problems per curve point")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--length-weight", type=float, default=0.1, help="cold_start_grpo_length's length reward")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides for every arm run (a pipeline stage's: stages.2.train.beta=0.04): "
+                        "a tuning study, written under its own --name")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a few steps per arm: checks the harness")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="reasoning", help="file stem of the results")
@@ -245,9 +262,22 @@ def main() -> None:
         metavar="JSON",
         help="write the table and plot again from a results file (and its reference trace lengths)",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: copy the arms of these results (same settings) into --name's, replacing arms of the "
+        "same name; the table says which file each came from",
+    )
     add_worker_arguments(parser)
     args = parser.parse_args()
     if serve_worker(args, worker):
+        return
+    if args.merge:
+        stem = args.out / args.name
+        report = merged(stem, args.merge)
+        write(stem, report)
         return
     if args.render:
         report = json.loads(args.render.read_text())
@@ -263,7 +293,7 @@ def main() -> None:
         "eval_every": args.eval_every if args.eval_every is not None else (None if args.steps else args.minutes / 4),
         "n": args.n, "n_level": args.n_level, "n_curve": args.n_curve, "max_new_tokens": args.max_new_tokens,
         "levels": list(LEVELS), "digits": DIGITS, "batch_size": 50, "length_weight": args.length_weight,
-        "quick": args.quick,
+        "quick": args.quick, "set": args.set,
     }  # fmt: skip
     if args.quick:  # every arm briefly, every code path (periodic evaluation included) exercised
         cfg |= {"minutes": None, "steps": 2, "n": 2, "n_level": 2, "max_new_tokens": 8}
@@ -320,7 +350,12 @@ def write(stem: Path, report: dict) -> None:
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     s = report["settings"]
     budget = f"{s['steps']} optimizer steps" if s["steps"] else f"{s['minutes']:g} min of training"
+    budget += f", every recipe with {', '.join(s['set'])}" if s.get("set") else ""
     reference = report.get("reference_think_tokens")
+    sources: dict[str, list[str]] = {}
+    for arm, r in report["arms"].items():
+        if "measured_in" in r:
+            sources.setdefault(r["measured_in"], []).append(arm)
     lines = [
         f"Machine: {describe(report['machine'])}. Budget: {budget} per arm (rejection sampling's sampling counted), "
         f"learning rate constant after warm-up. Held-out multi-step problems with {s['digits']}-digit numbers, "
@@ -335,6 +370,11 @@ def write(stem: Path, report: dict) -> None:
         "",
         *markdown_table(COLUMNS, table_rows(report)),
     ]
+    if sources:  # --merge
+        lines += ["", "Arms measured in other runs of the harness with these settings (`--merge`): "
+                  + "; ".join(f"{', '.join(arms)} in {name}" for name, arms in sources.items())
+                  + f"; {', '.join(a for a in report['arms'] if 'measured_in' not in report['arms'][a]) or 'none'}"
+                  " in the run they were merged into."]  # fmt: skip
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
     import matplotlib

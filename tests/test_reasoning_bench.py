@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +86,38 @@ def test_reasoning_harness_quick_on_tiny_random(tmp_path, tiny_path):
     assert len(grpo) == 2 and all("completion_tokens" in s and "think_tokens" in s for s in grpo)
     table = (out / "reasoning.md").read_text()
     assert all(f"| {arm} |" in table for arm in arms) and (out / "reasoning.png").stat().st_size > 0
+
+
+def test_set_overrides_every_arm_and_merge_brings_arms_of_the_same_settings_together(tmp_path):
+    """`--set` reaches each arm's recipe; `--merge OTHER.json` replaces the named results' arms by OTHER's (refused
+    when the settings differ), keeps the harness's order of arms and says in the table which file each came from."""
+    cfg = {"model": "smollm2-135m-instruct", "minutes": 10.0, "steps": None, "eval_every": 2.5, "n_curve": 50,
+           "max_new_tokens": 96, "length_weight": 0.1, "set": ["stages.2.train.learning_rate=1e-4"]}  # fmt: skip
+    path = reasoning.recipe_file("cold_start_grpo", tmp_path)
+    recipe = load_recipe(path, reasoning.overrides("cold_start_grpo", cfg, tmp_path, True))
+    assert recipe.stages[1].recipe.train["learning_rate"] == 1e-4
+
+    level = {"accuracy": 0.5, "format": 1.0, "think_tokens": 30.0}
+    result = {"levels": {"3": level, "4": level, "5": level},
+              "parts": [{"stage": 1, "method": "sft", "steps": 9, "wall_time_s": 600.0, "sampling_s": 0.0,
+                         "eval_during": [], "eval_after": {"accuracy": 0.5}}]}  # fmt: skip
+    row = reasoning.summarize("cold_start_sft", result)
+    settings = {"model": "m", "minutes": 10.0, "steps": None, "n": 100, "n_level": 50, "n_curve": 50, "digits": 1}
+    machine = {"cpu": "EPYC", "cores": 2, "torch": "2.13.0+cpu"}
+    stem = tmp_path / "reasoning"
+    first = {"arms": {"base": {**row, "accuracy": 0.04}, "r1": {**row, "accuracy": 0.26}}}
+    stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "settings": settings, **first}))
+    other = tmp_path / "again.json"
+    other.write_text(json.dumps({"machine": machine, "settings": {**settings, "n": 50}, "arms": {"r1": row}}))
+    with pytest.raises(SystemExit, match=r"other settings than .* \(n\)"):
+        reasoning.merged(stem, [other])
+    other.write_text(json.dumps({"machine": machine, "settings": settings,
+                                 "arms": {"r1": {**row, "accuracy": 0.7}, "cold_start_sft": row}}))  # fmt: skip
+    report = reasoning.merged(stem, [other])
+    assert list(report["arms"]) == ["base", "cold_start_sft", "r1"]  # the harness's order
+    assert [r[:2] for r in reasoning.table_rows(report)] == [["base", "4%"], ["cold_start_sft", "50%"], ["r1", "70%"]]
+    assert "measured_in" not in report["arms"]["base"] and report["arms"]["r1"]["measured_in"] == "again.json"
+    reasoning.write(stem, report)
+    table = stem.with_suffix(".md").read_text()
+    assert "cold_start_sft, r1 in again.json; base in the run they were merged into" in table
+    assert stem.with_suffix(".png").stat().st_size > 0
