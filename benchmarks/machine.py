@@ -141,8 +141,9 @@ def settings_differ(a: dict, b: dict) -> list[str]:
 
 def merged_results(stem: Path, sources: list[Path], rows: str) -> dict:
     """`--merge` of a harness: the results at `stem` with the `rows` (e.g. "methods", "arms") of `sources` added, or
-    replacing rows of the same name; each row labelled with its machine where that differs from the report's. Every
-    source must have the report's settings (the rows would not compare otherwise): an error names those that differ."""
+    replacing rows of the same name; each row noting the file it was measured in (`measured_in`, kept from an earlier
+    merge) and its machine where that differs from the report's. Every source must have the report's settings (the
+    rows would not compare otherwise): an error names those that differ."""
     path = stem.with_suffix(".json")
     if not path.is_file():
         raise SystemExit(f"--merge: {path} does not exist; name the results to merge into with --name/--out")
@@ -153,7 +154,7 @@ def merged_results(stem: Path, sources: list[Path], rows: str) -> dict:
         if differ:
             raise SystemExit(f"--merge: {source} was measured with other settings than {path} ({', '.join(differ)})")
         for name, row in other[rows].items():
-            row = dict(row)
+            row = {"measured_in": source.name, **row}
             machine = row.pop("machine", other["machine"])
             report[rows][name] = row if machine == report["machine"] else {**row, "machine": machine}
     return report

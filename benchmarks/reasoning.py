@@ -209,9 +209,6 @@ def merged(stem: Path, sources: list[Path]) -> dict:
     """`--merge`: the results at `stem` with the arms of `sources` (same settings) added or replacing theirs, each
     arm noting the file it was measured in, in the harness's order of arms."""
     report = merged_results(stem, sources, "arms")
-    for source in sources:
-        for arm in json.loads(source.read_text())["arms"]:
-            report["arms"][arm]["measured_in"] = source.name
     report["arms"] = {arm: report["arms"][arm] for arm in [*ARMS, *report["arms"]] if arm in report["arms"]}
     return report
 
