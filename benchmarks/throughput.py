@@ -329,8 +329,11 @@ def lowtune_overrides(spec: dict) -> list[str]:
         overrides += [f"data.source={spec['data']}", "data.format=preference", "data.heldout=0",
                       f"train.max_length={spec['length']}"]  # fmt: skip
     elif method == "grpo":
+        # a random-init model scores 0 on every completion, so every group lacks signal: skipping those would train
+        # one row a step, which no model that learns sees (the skip is measured in benchmarks/grpo_skip.py)
         overrides += [f"data.n_train={GRPO_PROMPTS}", f"train.num_generations={spec['num_generations']}",
-                      f"train.max_completion_length={spec['max_completion_length']}"]  # fmt: skip
+                      f"train.max_completion_length={spec['max_completion_length']}",
+                      "train.skip_zero_advantage=false"]  # fmt: skip
     else:  # ppo
         overrides += [f"data.n_train={GRPO_PROMPTS}", f"train.num_mini_batches={spec['num_mini_batches']}",
                       f"train.num_ppo_epochs={PPO_EPOCHS}",

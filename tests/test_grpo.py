@@ -123,3 +123,72 @@ def test_resolve_logprob_kernel():
     for choice in ("lowtune", "trl"):
         for device in ("cpu", "cuda"):
             assert resolve_logprob_kernel(choice, device) == choice
+
+
+def built_trainer(tmp_path, monkeypatch, *overrides):
+    """The GRPO trainer a run of the (tiny-random) recipe builds, before it trains."""
+    from lowtune import training
+
+    built = []
+
+    def capture(trainer, *args):
+        built.append(trainer)
+        raise KeyboardInterrupt  # stop before training
+
+    monkeypatch.setattr(training, "fit", capture)
+    with pytest.raises(KeyboardInterrupt):
+        recipes.train(grpo_recipe(tmp_path, "eval.task=null", *overrides))
+    return built[0]
+
+
+def test_completions_without_signal_leave_the_loss_pass_and_the_gradient_as_it_is(tmp_path, monkeypatch):
+    import torch
+    from trl import GRPOTrainer
+
+    trainer = built_trainer(tmp_path, monkeypatch)
+    model = trainer.model
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    completion_mask = torch.ones(6, 7, dtype=torch.long)
+    completion_mask[1, 4:] = completion_mask[2, 5:] = 0
+    inputs = {
+        "prompt_ids": torch.randint(vocab, (6, 5), generator=g),
+        "prompt_mask": torch.ones(6, 5, dtype=torch.long),
+        "completion_ids": torch.randint(vocab, (6, 7), generator=g),
+        "completion_mask": completion_mask,
+        "advantages": torch.tensor([0.5, 0.0, -1.2, 0.0, 0.0, 0.7]),
+        "num_items_in_batch": completion_mask.sum(),
+    }
+    rows = []
+    forward = trainer._get_per_token_logps_and_entropies
+    trainer._get_per_token_logps_and_entropies = lambda m, ids, *a, **k: rows.append(len(ids)) or forward(m, ids, *a, **k)
+
+    def gradient(compute_loss):
+        model.zero_grad()
+        loss = compute_loss(model, dict(inputs))
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    full_loss, full = gradient(lambda m, x: GRPOTrainer.compute_loss(trainer, m, x))  # TRL's own, every row
+    skip_loss, skipped = gradient(trainer.compute_loss)
+    assert rows == [6, 3]  # the three completions with a non-zero advantage, alone
+    torch.testing.assert_close(skip_loss, full_loss, atol=1e-7, rtol=1e-5)
+    assert any(g.abs().sum() > 0 for g in full)
+    for ours, theirs in zip(skipped, full, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-8, rtol=1e-5)
+    assert trainer._metrics["train"]["completions/skipped"] == [0.5]
+
+    inputs["advantages"] = torch.zeros(6)  # no signal at all: one row still runs, its gradient is 0
+    _, nothing = gradient(trainer.compute_loss)
+    assert rows[-1] == 1 and all((g == 0).all() for g in nothing)
+
+    from lowtune.recipes import grpo
+
+    assert grpo.skips_exactly(trainer)  # the recipe's settings: beta 0, dapo
+    for setting, value in (("beta", 0.04), ("loss_type", "grpo"), ("loss_type", "dr_grpo"), ("loss_type", "bnpo")):
+        original = getattr(trainer, setting)
+        setattr(trainer, setting, value)  # a KL term, or a normalizer that counts the rows present
+        assert not grpo.skips_exactly(trainer), setting
+        setattr(trainer, setting, original)

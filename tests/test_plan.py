@@ -39,7 +39,9 @@ def measured_peak(method, tmp_path, *extra) -> float:
 def test_prediction_is_within_ten_percent_of_the_real_tensor_peak(method, tmp_path):
     short = ["train.max_completion_length=16"] if method in ("grpo", "rloo") else []  # shorter sampling, same plan
     predicted = plan.plan(recipe(method, tmp_path, *short), device="cpu")
-    measured = measured_peak(method, tmp_path, *short)
+    # the plan is GRPO's worst step, where every completion has signal: the run measured loses none to the skip
+    every = ["train.skip_zero_advantage=false"] if method == "grpo" else []
+    measured = measured_peak(method, tmp_path, *short, *every)
     assert abs(predicted.tensor_peak_mb - measured) <= 0.10 * measured, (predicted.tensor_peak_mb, measured)
     # the parts add up: each is a share of the peak, none negative, and the total adds the process itself
     assert all(p.mb >= 0 for p in predicted.parts + predicted.overheads)

@@ -39,6 +39,8 @@ _TRAIN_HIGHLIGHTS = (
     "cliprange_value",
     "vf_coef",
     "missing_eos_penalty",
+    # GRPO (lowtune.config.grpo.LowtuneGRPOConfig)
+    "skip_zero_advantage",
     # rejection sampling (lowtune.config.rejection_sampling.RejectionSamplingConfig)
     "num_generations",
     "max_completion_length",

@@ -38,9 +38,9 @@ def _sft_config() -> type:
 
 
 def _grpo_config() -> type:
-    from trl import GRPOConfig
+    from lowtune.config.grpo import LowtuneGRPOConfig  # GRPOConfig plus skip_zero_advantage
 
-    return GRPOConfig
+    return LowtuneGRPOConfig
 
 
 def _reward_config() -> type:

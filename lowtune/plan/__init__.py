@@ -367,6 +367,8 @@ class _GRPO(_Method):
         from lowtune import recipes
 
         trainer = recipes.METHODS[recipe.method].make_trainer(recipe, args, model, tokenizer, rows)
+        if hasattr(trainer.args, "skip_zero_advantage"):  # GRPO: the worst step is one where every completion
+            trainer.args.skip_zero_advantage = False  # has signal (lowtune.recipes.grpo)
         completion = args.max_completion_length
         filler = _filler_token(tokenizer)
 
