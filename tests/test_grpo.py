@@ -161,9 +161,14 @@ def test_completions_without_signal_leave_the_loss_pass_and_the_gradient_as_it_i
         "advantages": torch.tensor([0.5, 0.0, -1.2, 0.0, 0.0, 0.7]),
         "num_items_in_batch": completion_mask.sum(),
     }
-    rows = []
+    rows = []  # the rows of every loss pass
     forward = trainer._get_per_token_logps_and_entropies
-    trainer._get_per_token_logps_and_entropies = lambda m, ids, *a, **k: rows.append(len(ids)) or forward(m, ids, *a, **k)
+
+    def counted(model, input_ids, *args, **kwargs):
+        rows.append(len(input_ids))
+        return forward(model, input_ids, *args, **kwargs)
+
+    trainer._get_per_token_logps_and_entropies = counted
 
     def gradient(compute_loss):
         model.zero_grad()

@@ -9,8 +9,9 @@ mean length of the `<think>` part (`rewards/think_tokens/mean`, a measurement at
 
 A group whose completions all score the same carries no signal: every advantage in it is 0. Where that makes their
 loss terms exactly 0 and leaves the normalizer alone (`skips_exactly`), the loss pass leaves those completions out:
-the same gradient for less compute (`train.skip_zero_advantage`, on by default; metrics.jsonl: `completions/skipped`, the share left
-out; TRL's `entropy` and clip ratios are then measured on the completions that carry signal).
+the same gradient for less compute and memory (`train.skip_zero_advantage`, on by default; metrics.jsonl:
+`completions/skipped`, the share left out; TRL's `entropy` and clip ratios are then measured on the completions that
+carry signal).
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def make_trainer(recipe: Recipe, args, model, tokenizer, dataset):
     funcs, args.reward_weights = reward_functions(recipe, args.max_completion_length)
     if recipe.rewards.format:  # the think length of every step, logged (weight 0: not rewarded)
         funcs, args.reward_weights = [*funcs, rewards.think_tokens(tokenizer)], [*args.reward_weights, 0.0]
-    return trainer_class()(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = trainer_class()
+    return trainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
 def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSummary:
