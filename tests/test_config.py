@@ -234,6 +234,7 @@ def test_every_method_has_its_train_config_class():
             "orpo": "trl.experimental.orpo.ORPOConfig",
             "online_dpo": "trl.experimental.online_dpo.OnlineDPOConfig",
             "rejection_sampling": "lowtune.config.rejection_sampling.RejectionSamplingConfig",
+            "grpo": "lowtune.config.grpo.GRPOConfig",
         }.get(method, f"trl.{cls.__name__}")
         assert explain(method)[-1] == ("train.*", "", f"any other field of {public}")
 

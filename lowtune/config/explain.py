@@ -39,7 +39,7 @@ _TRAIN_HIGHLIGHTS = (
     "cliprange_value",
     "vf_coef",
     "missing_eos_penalty",
-    # GRPO (lowtune.config.grpo.LowtuneGRPOConfig)
+    # GRPO (lowtune.config.grpo.GRPOConfig)
     "skip_zero_advantage",
     # rejection sampling (lowtune.config.rejection_sampling.RejectionSamplingConfig)
     "num_generations",

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trl import GRPOConfig
+from trl import GRPOConfig as TRLGRPOConfig
 
 
 @dataclass
-class LowtuneGRPOConfig(GRPOConfig):
-    """GRPOConfig plus `skip_zero_advantage`."""
+class GRPOConfig(TRLGRPOConfig):
+    """TRL's GRPOConfig plus `skip_zero_advantage`."""
 
     skip_zero_advantage: bool = field(
         default=True,

@@ -38,9 +38,9 @@ def _sft_config() -> type:
 
 
 def _grpo_config() -> type:
-    from lowtune.config.grpo import LowtuneGRPOConfig  # GRPOConfig plus skip_zero_advantage
+    from lowtune.config.grpo import GRPOConfig  # TRL's plus skip_zero_advantage
 
-    return LowtuneGRPOConfig
+    return GRPOConfig
 
 
 def _reward_config() -> type:
