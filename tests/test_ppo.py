@@ -437,7 +437,16 @@ def test_ppo_recipe_saves_a_policy_adapter_plain_peft_loads(tmp_path, tiny_path)
         torch.testing.assert_close(merged(ids).logits, plain(ids).logits, rtol=1e-4, atol=1e-4)
 
 
-def test_ppo_recipe_errors(tmp_path, reward_run):
+def test_ppo_recipe_errors(tmp_path, reward_run, monkeypatch):
+    from lowtune import models
+
+    sft = ["model.name=tiny-random", "data.n_train=16", "train.max_steps=1", "eval.task=null", "output.quiet=true"]
+    sft_run, _ = recipes.train(load_recipe(None, [*sft, f"output.dir={tmp_path}"]))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the recipe's mistake should have been found before the model loads")
+
+    monkeypatch.setattr(models, "load", no_model)  # each mistake is found before a model loads
     with pytest.raises(LowtuneError, match="PPO needs a score"):
         recipes.train(load_recipe(None, [*PPO, f"output.dir={tmp_path}", "rewards.accuracy=0"]))
     with pytest.raises(LowtuneError, match="train the reward model on the policy's base"):
@@ -447,8 +456,6 @@ def test_ppo_recipe_errors(tmp_path, reward_run):
         recipes.train(load_recipe(None, [*PPO, f"output.dir={tmp_path}", "train.kl_estimator=k9"]))
     with pytest.raises(LowtuneError, match="unknown key train.num_ppo_epoch"):
         load_recipe(None, [*PPO, "train.num_ppo_epoch=2"])
-    sft = ["model.name=tiny-random", "data.n_train=16", "train.max_steps=1", "eval.task=null", "output.quiet=true"]
-    sft_run, _ = recipes.train(load_recipe(None, [*sft, f"output.dir={tmp_path}"]))
     with pytest.raises(LowtuneError, match="not a reward model adapter"):
         recipes.train(load_recipe(None, [*PPO, f"output.dir={tmp_path}", f"rewards.model={sft_run.path}"]))
 

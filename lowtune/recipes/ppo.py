@@ -38,10 +38,7 @@ def make_trainer(recipe: Recipe, args, policy, tokenizer, dataset, reward_dir=No
     cfg = recipe.rewards
     length_max = cfg.length_max or args.max_new_tokens
     funcs, weights = rewards.weighted_rewards(cfg.accuracy, cfg.format, cfg.length, length_max)
-    if not funcs and reward_dir is None:
-        raise LowtuneError(
-            "rewards: PPO needs a score: set rewards.model to a reward run, or give a rule reward a weight"
-        )
+    _require_a_score(recipe, reward_dir)
     _require_columns(funcs, dataset)
     stop = sorted({tokenizer.convert_tokens_to_ids(models.end_of_turn_token(tokenizer)), tokenizer.eos_token_id})
     encode = conversation_encoder(reward_dir, tokenizer) if reward_dir else None
@@ -56,6 +53,7 @@ def run(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> RunSumma
 
     dist.refuse("PPO (lowtune train ppo)")
     reward_dir = _reward_adapter(recipe)
+    _require_a_score(recipe, reward_dir)  # before the model loads: a wrong recipe fails in a second
     model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say, placement=placement)
     dataset = data.load(recipe.data, kind="prompt", system_prompt=recipe.system_prompt())
     ui.say(f"{len(dataset)} prompts from {recipe.data.source}")
@@ -92,7 +90,10 @@ def _reward_adapter(recipe: Recipe):
     """The reward adapter directory named by `rewards.model`, checked to share the policy's base."""
     if recipe.rewards.model is None:
         return None
+    from lowtune.rl.model import require_reward_adapter
+
     adapter = runs.find_adapter(recipe.rewards.model)
+    require_reward_adapter(adapter)
     base = runs.base_model(adapter)
     same = base == recipe.model.name or (
         recipe.model.name not in models.builtin.BUILTINS and base == models.resolve_path(recipe.model.name)
@@ -103,6 +104,14 @@ def _reward_adapter(recipe: Recipe):
             "PPO keeps every adapter on one base, so train the reward model on the policy's base"
         )
     return adapter
+
+
+def _require_a_score(recipe: Recipe, reward_dir) -> None:
+    cfg = recipe.rewards
+    if reward_dir is None and not (cfg.accuracy or cfg.format or cfg.length):
+        raise LowtuneError(
+            "rewards: PPO needs a score: set rewards.model to a reward run, or give a rule reward a weight"
+        )
 
 
 def _require_columns(funcs, dataset) -> None:

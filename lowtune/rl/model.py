@@ -140,18 +140,24 @@ class ActorCritic(nn.Module):
         self.restore_grad_flags()
 
 
-def _read_reward_adapter(reward_dir: Path):
-    """A reward run's adapter as (LoRA config for the causal-LM base, LoRA weights, score head weight)."""
-    from peft import LoraConfig
-    from safetensors.torch import load_file
-
-    from lowtune.models import require_safetensors
+def require_reward_adapter(reward_dir: Path) -> None:
+    """LowtuneError unless `reward_dir` is a reward model's adapter (a sequence-classification LoRA)."""
     from lowtune.runs import adapter_task
 
     if adapter_task(reward_dir) != "SEQ_CLS":
         raise LowtuneError(
             f"rewards.model: {reward_dir} is not a reward model adapter (train one with `lowtune train reward`)"
         )
+
+
+def _read_reward_adapter(reward_dir: Path):
+    """A reward run's adapter as (LoRA config for the causal-LM base, LoRA weights, score head weight)."""
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    from lowtune.models import require_safetensors
+
+    require_reward_adapter(reward_dir)
     require_safetensors(reward_dir)
     raw = json.loads((reward_dir / "adapter_config.json").read_text())
     if raw.get("peft_type") != "LORA":
