@@ -14,10 +14,15 @@ Arms (recipes/r1.yaml and recipes/r1-zero.yaml, only the budget changed):
 - base: the base model, asked for the think/answer format by the system prompt (no training);
 - direct_sft: SFT on the answers alone (`<answer>57</answer>`, r1's first stage with `data.traces=false`);
 - cold_start_sft: SFT on worked traces (`<think>14 × 3 = 42. …</think><answer>57</answer>`), r1's first stage;
-- cold_start_grpo: r1's first two stages, a third of the budget SFT, the rest GRPO (accuracy + format rewards);
-- r1: all three stages: cold start (30%), GRPO (30%), rejection sampling (40%: sampling + SFT on the kept samples);
+- cold_start_grpo: r1's first two stages, half the budget SFT, half GRPO (accuracy + format rewards);
+- r1: all three stages: cold start (50%), GRPO (20%), rejection sampling (30%: sampling + SFT on the kept samples);
 - r1_zero: GRPO straight from the base, the format asked for by the system prompt;
-- cold_start_grpo_length: cold_start_grpo with the cosine length reward at `--length-weight` (the length study).
+- cold_start_grpo_length: cold_start_grpo with the cosine length reward at `--length-weight` (the length study);
+- grpo_only: r1's GRPO stage alone, from `--start-from`'s adapter (a GRPO study from one checkpoint).
+
+`--start-from RUN` starts every trained arm from that run's adapter, trained further (`lora.start_from`), and the base
+arm scores that adapter: from one cold-start checkpoint, cold_start_sft is SFT continued and grpo_only GRPO instead,
+each for `--minutes` (`--keep-runs DIR` keeps the runs, the checkpoint among them).
 
 Per arm: held-out accuracy, format adherence (replies exactly `<think>…</think><answer>…</answer>`), mean think length
 (tokens inside `<think>`, of the replies that have one) and reply length, each per number of operands; training
@@ -51,17 +56,19 @@ from benchmarks.machine import (  # noqa: E402
     serve_worker,
 )
 
-ARMS = ["base", "cold_start_sft", "direct_sft", "cold_start_grpo", "r1", "r1_zero", "cold_start_grpo_length"]
-# Each arm: the recipe, how many of its stages it runs, and each stage's share of the budget.
+ARMS = ["base", "cold_start_sft", "direct_sft", "cold_start_grpo", "r1", "r1_zero", "cold_start_grpo_length",
+        "grpo_only"]  # fmt: skip
+# Each arm: the recipe, the stages it runs (from the first listed, 0-based), and each stage's share of the budget.
 PLAN = {
-    "direct_sft": ("r1", [1.0]),
-    "cold_start_sft": ("r1", [1.0]),
+    "direct_sft": ("r1", 0, [1.0]),
+    "cold_start_sft": ("r1", 0, [1.0]),
     # GRPO starts where SFT on the traces levels off (half the budget: benchmarks/results/reasoning_runs/sft300.json's
     # curve levels off from minute 5 of 10), as R1's RL starts from a converged cold start
-    "cold_start_grpo": ("r1", [0.5, 0.5]),
-    "cold_start_grpo_length": ("r1", [0.5, 0.5]),
-    "r1": ("r1", [0.5, 0.2, 0.3]),  # rejection sampling's sampling, a slow part on a CPU, counts in its share
-    "r1_zero": ("r1-zero", [1.0]),
+    "cold_start_grpo": ("r1", 0, [0.5, 0.5]),
+    "cold_start_grpo_length": ("r1", 0, [0.5, 0.5]),
+    "r1": ("r1", 0, [0.5, 0.2, 0.3]),  # rejection sampling's sampling, a slow part on a CPU, counts in its share
+    "r1_zero": ("r1-zero", 0, [1.0]),
+    "grpo_only": ("r1", 1, [1.0]),  # only with --start-from: GRPO from a cold start trained before
 }
 LEVELS = (2, 3, 4)  # steps per problem: 3, 4 and 5 operands
 DIGITS = yaml.safe_load((ROOT / "recipes" / "r1.yaml").read_text())["data"]["digits"]  # the recipes' problems
@@ -74,10 +81,10 @@ _THINK = re.compile(r"<think>(.*?)</think>", re.S)
 
 def recipe_file(arm: str, workdir: Path) -> Path:
     """The arm's recipe: the shipped one, cut to the arm's stages."""
-    name, shares = PLAN[arm]
+    name, first, shares = PLAN[arm]
     raw = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
     if "stages" in raw:
-        raw["stages"] = raw["stages"][: len(shares)]
+        raw["stages"] = raw["stages"][first : first + len(shares)]
     path = workdir / f"{arm}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     return path
@@ -85,8 +92,10 @@ def recipe_file(arm: str, workdir: Path) -> Path:
 
 def overrides(arm: str, cfg: dict, workdir: Path, pipeline: bool) -> list[str]:
     """The budget and the place: each stage its share of the minutes (or of the steps), the curve's evaluations."""
-    _, shares = PLAN[arm]
+    _, _, shares = PLAN[arm]
     out = [f"model.name={cfg['model']}", f"output.dir={workdir}", f"output.name={arm}", "output.quiet=true"]
+    if cfg.get("start_from"):
+        out.append(f"lora.start_from={cfg['start_from']}")
     for i, share in enumerate(shares, 1):
         at = f"stages.{i}." if pipeline else ""
         out += [f"{at}eval.n={cfg['n_curve']}", f"{at}eval.max_new_tokens={cfg['max_new_tokens']}",
@@ -173,6 +182,9 @@ def worker(arm: str, cfg: dict, workdir: Path) -> dict:
     from lowtune.config import ModelConfig, load_recipe
     from lowtune.config.schema import REASONING_PROMPT
 
+    if arm == "base" and cfg.get("start_from"):  # the starting point: the adapter, prompted as it was trained
+        model, tokenizer, _ = models.load_for_inference(cfg["start_from"])
+        return {"levels": score(model, tokenizer, cfg, load_recipe(recipe_file("r1", workdir)).system_prompt())}
     if arm == "base":
         model, tokenizer = models.load(ModelConfig(name=cfg["model"]))
         return {"levels": score(model.eval(), tokenizer, cfg, REASONING_PROMPT)}
@@ -182,7 +194,7 @@ def worker(arm: str, cfg: dict, workdir: Path) -> dict:
     if cfg["quick"]:  # --smoke's sizes (short samples, few rows), then the curve's evaluations still on
         settings += recipes.smoke_overrides(load_recipe(path, settings))
         settings += [f"stages.{i}.eval.every_minutes=1e-4" if pipeline else "eval.every_minutes=1e-4"
-                     for i in range(1, len(PLAN[arm][1]) + 1)]  # fmt: skip
+                     for i in range(1, len(PLAN[arm][2]) + 1)]  # fmt: skip
     recipe = load_recipe(path, settings)
     run, summary = recipes.train(recipe)
     summary = summary.to_dict()
@@ -250,6 +262,10 @@ def main() -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="recipe overrides for every arm run (a pipeline stage's: stages.2.train.beta=0.04): "
                         "a tuning study, written under its own --name")  # fmt: skip
+    parser.add_argument("--start-from", metavar="RUN", help="train every arm further from this run's adapter; the "
+                        "base arm scores it")  # fmt: skip
+    parser.add_argument("--keep-runs", type=Path, metavar="DIR", help="keep the arms' runs here (default: a temporary "
+                        "directory)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a few steps per arm: checks the harness")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="reasoning", help="file stem of the results")
@@ -284,14 +300,16 @@ def main() -> None:
 
     from lowtune import builtin, ui
 
-    arms = args.only or ARMS
+    arms = args.only or [arm for arm in ARMS if arm != "grpo_only"]
     cfg: dict[str, Any] = {
         "model": args.model, "minutes": None if args.steps else args.minutes, "steps": args.steps,
         "eval_every": args.eval_every if args.eval_every is not None else (None if args.steps else args.minutes / 4),
         "n": args.n, "n_level": args.n_level, "n_curve": args.n_curve, "max_new_tokens": args.max_new_tokens,
         "levels": list(LEVELS), "digits": DIGITS, "batch_size": 50, "length_weight": args.length_weight,
-        "quick": args.quick, "set": args.set,
+        "quick": args.quick, "set": args.set, "start_from": args.start_from,
     }  # fmt: skip
+    if "grpo_only" in arms and not args.start_from:
+        parser.error("the grpo_only arm trains r1's GRPO stage from a cold start: give it one with --start-from RUN")
     if args.quick:  # every arm briefly, every code path (periodic evaluation included) exercised
         cfg |= {"minutes": None, "steps": 2, "n": 2, "n_level": 2, "max_new_tokens": 8}
     if args.model in builtin.BUILTINS:
@@ -303,9 +321,11 @@ def main() -> None:
     stem = args.out / args.name
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.keep_runs or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         for arm in arms:
             ui.say(f"{arm} ...")
-            row = summarize(arm, run_worker(__file__, arm, cfg, Path(tmp)))
+            row = summarize(arm, run_worker(__file__, arm, cfg, workdir))
             report["arms"][arm] = row
             shown = row.get("error") or f"{row['accuracy']:.0%}, format {row['format']:.0%}"
             ui.say(f"{arm}: {shown} after {row.get('minutes', 0):.1f} min")

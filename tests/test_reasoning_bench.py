@@ -19,7 +19,7 @@ from lowtune.config import load_recipe  # noqa: E402
 def test_each_arm_is_its_shipped_recipe_cut_to_its_stages_with_the_budget_shared_out(tmp_path):
     cfg = {"model": "smollm2-135m-instruct", "minutes": 12.0, "steps": None, "eval_every": 3.0, "n_curve": 50,
            "max_new_tokens": 96, "length_weight": 0.1}  # fmt: skip
-    for arm, (name, shares) in reasoning.PLAN.items():
+    for arm, (name, _, shares) in reasoning.PLAN.items():
         path = reasoning.recipe_file(arm, tmp_path)
         recipe = load_recipe(path, reasoning.overrides(arm, cfg, tmp_path, name == "r1"))
         stages = [s.recipe for s in recipe.stages] or [recipe]
@@ -34,6 +34,10 @@ def test_each_arm_is_its_shipped_recipe_cut_to_its_stages_with_the_budget_shared
     arm = "cold_start_grpo_length"
     longer = load_recipe(reasoning.recipe_file(arm, tmp_path), reasoning.overrides(arm, cfg, tmp_path, True))
     assert longer.stages[1].recipe.rewards.length == 0.1
+    only = load_recipe(reasoning.recipe_file("grpo_only", tmp_path),
+                       reasoning.overrides("grpo_only", cfg | {"start_from": "runs/cold"}, tmp_path, True))  # fmt: skip
+    assert [s.method for s in only.stages] == ["grpo"] and only.lora.start_from == "runs/cold"
+    assert only.stages[0].recipe.data.seed == r1.stages[1].recipe.data.seed  # r1's GRPO stage, its own problems
     zero = load_recipe(ROOT / "recipes" / "r1-zero.yaml")
     assert zero.method == "grpo" and "<think>" in zero.system_prompt()  # the format asked for, no cold start
     assert yaml.safe_load((ROOT / "recipes" / "r1.yaml").read_text())["data"]["system_prompt"] is None
