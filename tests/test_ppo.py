@@ -437,8 +437,12 @@ def test_ppo_recipe_saves_a_policy_adapter_plain_peft_loads(tmp_path, tiny_path)
         torch.testing.assert_close(merged(ids).logits, plain(ids).logits, rtol=1e-4, atol=1e-4)
 
 
-def test_ppo_recipe_errors(tmp_path, reward_run, monkeypatch):
+def test_ppo_recipe_errors(tmp_path, reward_run, monkeypatch, tiny_path):
+    import shutil
+
     from lowtune import models
+
+    other = shutil.copytree(tiny_path, tmp_path / "other-base")  # a base the reward model was not trained on
 
     sft = ["model.name=tiny-random", "data.n_train=16", "train.max_steps=1", "eval.task=null", "output.quiet=true"]
     sft_run, _ = recipes.train(load_recipe(None, [*sft, f"output.dir={tmp_path}"]))
@@ -451,7 +455,7 @@ def test_ppo_recipe_errors(tmp_path, reward_run, monkeypatch):
         recipes.train(load_recipe(None, [*PPO, f"output.dir={tmp_path}", "rewards.accuracy=0"]))
     with pytest.raises(LowtuneError, match="train the reward model on the policy's base"):
         recipes.train(load_recipe(None, [*PPO, f"output.dir={tmp_path}", f"rewards.model={reward_run}",
-                                         "model.name=smollm2-135m-instruct"]))  # fmt: skip
+                                         f"model.name={other}"]))  # fmt: skip
     with pytest.raises(LowtuneError, match="kl_estimator"):
         recipes.train(load_recipe(None, [*PPO, f"output.dir={tmp_path}", "train.kl_estimator=k9"]))
     with pytest.raises(LowtuneError, match="unknown key train.num_ppo_epoch"):
