@@ -308,6 +308,9 @@ def main() -> None:
         "levels": list(LEVELS), "digits": DIGITS, "batch_size": 50, "length_weight": args.length_weight,
         "quick": args.quick, "set": args.set, "start_from": args.start_from,
     }  # fmt: skip
+    if args.keep_runs and args.keep_runs.exists() and any(args.keep_runs.iterdir()):
+        parser.error(f"--keep-runs {args.keep_runs} is not empty: give a new directory (the arms' recipes and runs go "
+                     "there, under the arms' names)")  # fmt: skip
     if "grpo_only" in arms and not args.start_from:
         parser.error("the grpo_only arm trains r1's GRPO stage from a cold start: give it one with --start-from RUN")
     if args.quick:  # every arm briefly, every code path (periodic evaluation included) exercised
