@@ -18,7 +18,8 @@ Arms (recipes/r1.yaml and recipes/r1-zero.yaml, only the budget changed):
 - r1: all three stages: cold start (50%), GRPO (20%), rejection sampling (30%: sampling + SFT on the kept samples);
 - r1_zero: GRPO straight from the base, the format asked for by the system prompt;
 - cold_start_grpo_length: cold_start_grpo with the cosine length reward at `--length-weight` (the length study);
-- grpo_only: r1's GRPO stage alone, from `--start-from`'s adapter (a GRPO study from one checkpoint).
+- grpo_only, rs_only, grpo_rs: r1's GRPO stage, its rejection-sampling stage, or both (40 : 60, r1's 20 : 30), from
+  `--start-from`'s adapter (a study of r1's later stages from one checkpoint).
 
 `--start-from RUN` starts every trained arm from that run's adapter, trained further (`lora.start_from`), and the base
 arm scores that adapter: from one cold-start checkpoint, cold_start_sft is SFT continued and grpo_only GRPO instead,
@@ -57,7 +58,8 @@ from benchmarks.machine import (  # noqa: E402
 )
 
 ARMS = ["base", "cold_start_sft", "direct_sft", "cold_start_grpo", "r1", "r1_zero", "cold_start_grpo_length",
-        "grpo_only"]  # fmt: skip
+        "grpo_only", "rs_only", "grpo_rs"]  # fmt: skip
+FROM_CHECKPOINT = {"grpo_only", "rs_only", "grpo_rs"}  # r1's later stages alone: they need a cold start (--start-from)
 # Each arm: the recipe, the stages it runs (from the first listed, 0-based), and each stage's share of the budget.
 PLAN = {
     "direct_sft": ("r1", 0, [1.0]),
@@ -68,7 +70,10 @@ PLAN = {
     "cold_start_grpo_length": ("r1", 0, [0.5, 0.5]),
     "r1": ("r1", 0, [0.5, 0.2, 0.3]),  # rejection sampling's sampling, a slow part on a CPU, counts in its share
     "r1_zero": ("r1-zero", 0, [1.0]),
-    "grpo_only": ("r1", 1, [1.0]),  # only with --start-from: GRPO from a cold start trained before
+    # only with --start-from: r1's later stages from a cold start trained before
+    "grpo_only": ("r1", 1, [1.0]),
+    "rs_only": ("r1", 2, [1.0]),
+    "grpo_rs": ("r1", 1, [0.4, 0.6]),  # r1's GRPO and rejection sampling in r1's proportion (20 : 30)
 }
 LEVELS = (2, 3, 4)  # steps per problem: 3, 4 and 5 operands
 DIGITS = yaml.safe_load((ROOT / "recipes" / "r1.yaml").read_text())["data"]["digits"]  # the recipes' problems
@@ -300,7 +305,7 @@ def main() -> None:
 
     from lowtune import builtin, ui
 
-    arms = args.only or [arm for arm in ARMS if arm != "grpo_only"]
+    arms = args.only or [arm for arm in ARMS if arm not in FROM_CHECKPOINT]
     cfg: dict[str, Any] = {
         "model": args.model, "minutes": None if args.steps else args.minutes, "steps": args.steps,
         "eval_every": args.eval_every if args.eval_every is not None else (None if args.steps else args.minutes / 4),
@@ -311,8 +316,9 @@ def main() -> None:
     if args.keep_runs and args.keep_runs.exists() and any(args.keep_runs.iterdir()):
         parser.error(f"--keep-runs {args.keep_runs} is not empty: give a new directory (the arms' recipes and runs go "
                      "there, under the arms' names)")  # fmt: skip
-    if "grpo_only" in arms and not args.start_from:
-        parser.error("the grpo_only arm trains r1's GRPO stage from a cold start: give it one with --start-from RUN")
+    if FROM_CHECKPOINT.intersection(arms) and not args.start_from:
+        parser.error(f"the arms {', '.join(sorted(FROM_CHECKPOINT.intersection(arms)))} train r1's later stages from a "
+                     "cold start: give them one with --start-from RUN")  # fmt: skip
     if args.quick:  # every arm briefly, every code path (periodic evaluation included) exercised
         cfg |= {"minutes": None, "steps": 2, "n": 2, "n_level": 2, "max_new_tokens": 8}
     if args.model in builtin.BUILTINS:

@@ -38,6 +38,14 @@ def test_each_arm_is_its_shipped_recipe_cut_to_its_stages_with_the_budget_shared
                        reasoning.overrides("grpo_only", cfg | {"start_from": "runs/cold"}, tmp_path, True))  # fmt: skip
     assert [s.method for s in only.stages] == ["grpo"] and only.lora.start_from == "runs/cold"
     assert only.stages[0].recipe.data.seed == r1.stages[1].recipe.data.seed  # r1's GRPO stage, its own problems
+    tail = load_recipe(reasoning.recipe_file("grpo_rs", tmp_path),
+                       reasoning.overrides("grpo_rs", cfg | {"start_from": "runs/cold"}, tmp_path, True))  # fmt: skip
+    assert [s.method for s in tail.stages] == ["grpo", "rejection_sampling"] and tail.lora.start_from == "runs/cold"
+    assert [round(s.recipe.budget.minutes, 3) for s in tail.stages] == [4.8, 7.2]  # r1's 20 : 30
+    rs = load_recipe(reasoning.recipe_file("rs_only", tmp_path),
+                     reasoning.overrides("rs_only", cfg | {"start_from": "runs/cold"}, tmp_path, True))  # fmt: skip
+    assert [s.method for s in rs.stages] == ["rejection_sampling"]
+    assert rs.stages[0].recipe.data == r1.stages[2].recipe.data  # r1's own rejection-sampling problems
     zero = load_recipe(ROOT / "recipes" / "r1-zero.yaml")
     assert zero.method == "grpo" and "<think>" in zero.system_prompt()  # the format asked for, no cold start
     assert yaml.safe_load((ROOT / "recipes" / "r1.yaml").read_text())["data"]["system_prompt"] is None
@@ -125,3 +133,12 @@ def test_set_overrides_every_arm_and_merge_brings_arms_of_the_same_settings_toge
     table = stem.with_suffix(".md").read_text()
     assert "cold_start_sft, r1 in again.json; base in the run they were merged into" in table
     assert stem.with_suffix(".png").stat().st_size > 0
+
+
+def test_the_later_stage_arms_refuse_to_run_without_a_cold_start(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["reasoning.py", "--only", "base", "rs_only", "grpo_rs", "--quick", "--model",
+                                     "tiny-random", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        reasoning.main()
+    assert "the arms grpo_rs, rs_only train r1's later stages from a cold start" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
