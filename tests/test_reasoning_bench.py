@@ -136,8 +136,8 @@ def test_set_overrides_every_arm_and_merge_brings_arms_of_the_same_settings_toge
 
 
 def test_the_later_stage_arms_refuse_to_run_without_a_cold_start(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["reasoning.py", "--only", "base", "rs_only", "grpo_rs", "--quick", "--model",
-                                     "tiny-random", "--out", str(tmp_path)])
+    argv = "reasoning.py --only base rs_only grpo_rs --quick --model tiny-random --out".split() + [str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit):
         reasoning.main()
     assert "the arms grpo_rs, rs_only train r1's later stages from a cold start" in capsys.readouterr().err
