@@ -396,6 +396,9 @@ def write(stem: Path, report: dict) -> None:
         "",
         *markdown_table(COLUMNS, table_rows(report)),
     ]
+    if s.get("start_from"):
+        lines += ["", f"Every arm continues the adapter of `{s['start_from']}` (`--start-from`); `base` is that "
+                  "adapter as it was, scored."]  # fmt: skip
     if sources:  # --merge
         lines += ["", "Arms measured in other runs of the harness with these settings (`--merge`): "
                   + "; ".join(f"{', '.join(arms)} in {name}" for name, arms in sources.items())
@@ -423,7 +426,8 @@ def write(stem: Path, report: dict) -> None:
             ax2.plot(range(1, len(steps) + 1), [s["think_tokens"] for s in steps], label=arm, color=color[arm])
     ax1.set_xlabel("training minutes (evaluations excluded)")
     ax1.set_ylabel(f"held-out accuracy, 4 operands (n={s['n_curve']})")
-    ax1.legend(fontsize=7)
+    if ax1.lines:  # a report of the base arm alone has no curve
+        ax1.legend(fontsize=7)
     ax2.set_xlabel("GRPO step")
     ax2.set_ylabel("mean think tokens of the sampled completions")
     if ax2.lines:

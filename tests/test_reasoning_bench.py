@@ -133,6 +133,9 @@ def test_set_overrides_every_arm_and_merge_brings_arms_of_the_same_settings_toge
     table = stem.with_suffix(".md").read_text()
     assert "cold_start_sft, r1 in again.json; base in the run they were merged into" in table
     assert stem.with_suffix(".png").stat().st_size > 0
+    assert "--start-from" not in table
+    reasoning.write(stem, {**report, "settings": {**settings, "start_from": "runs/cold"}})  # arms from a checkpoint
+    assert "Every arm continues the adapter of `runs/cold` (`--start-from`)" in stem.with_suffix(".md").read_text()
 
 
 def test_the_later_stage_arms_refuse_to_run_without_a_cold_start(tmp_path, monkeypatch, capsys):
