@@ -289,8 +289,9 @@ def load(
 def prepare_quantized(model, gradient_checkpointing: bool):
     """Ready a 4-/8-bit base for adapter training; other models pass through.
 
-    The base weights are frozen and, with gradient checkpointing, the embeddings' output requires grad
-    so that checkpointed blocks still pass gradients back to the adapters. Unlike PEFT's
+    The base weights are frozen, 4-bit layers stay in bitsandbytes' trainable layout on CPU too (below), and with
+    gradient checkpointing the embeddings' output requires grad so that checkpointed blocks still pass gradients
+    back to the adapters. Unlike PEFT's
     `prepare_model_for_kbit_training`, the 16-bit weights (embeddings, LM head, norms) keep their
     dtype instead of going to fp32, which holds more memory from the start of training; the trainers compute
     in 16-bit anyway.
@@ -299,6 +300,13 @@ def prepare_quantized(model, gradient_checkpointing: bool):
         return model
     for param in model.parameters():
         param.requires_grad_(False)
+    for module in model.modules():
+        # bitsandbytes (0.50) repacks a 4-bit layer for its AVX512-BF16 CPU kernel the first time the layer runs in
+        # eval mode without grad, and computes it with that kernel from then on; the kernel has no backward, so
+        # training after an evaluation or a generation would pass no gradient through any 4-bit layer (bitsandbytes
+        # warns "gemv_4bit: an autograd kernel was not registered"). A model that trains keeps the trainable layout.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -66,6 +66,33 @@ def test_nf4_loads_and_trains_a_step_on_cpu():
     assert any(not torch.equal(a, b) for a, b in zip(before, lora, strict=True))
 
 
+def test_nf4_trains_the_same_after_an_evaluation_on_cpu():
+    """bitsandbytes repacks a 4-bit layer for a CPU inference kernel without a backward the first time the layer runs
+    in eval mode; lowtune's training model keeps the trainable layout, so an evaluation before training (eval.before,
+    GRPO's and PPO's sampling) leaves the adapter's gradients as they were."""
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes.functional as bnbf
+
+    if not bnbf.has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never repacks 4-bit layers here")
+    model, tokenizer = models.load(ModelConfig(name="tiny-random", quantization="nf4"), LoraConfig(r=4, dropout=0.0))
+    batch = tokenizer(["What is 12 + 34? 46", "What is 7 + 8? 15"], return_tensors="pt", padding=True)
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.train()
+        model.zero_grad()
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+    before = gradients()
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+    after = gradients()
+    assert before.keys() == after.keys() and len(before) > 1
+    assert all(torch.allclose(before[n], after[n]) for n in before)
+
+
 def test_nf4_preparation_freezes_the_base_keeps_16_bit_weights_and_checkpoints():
     """No fp32 upcast of embeddings/norms (PEFT's k-bit preparation does one: 0.43 GiB at 1.5B), only
     LoRA trains, and gradients still reach the adapters through checkpointed blocks."""
