@@ -59,7 +59,6 @@ from benchmarks.machine import (  # noqa: E402
 
 ARMS = ["base", "cold_start_sft", "direct_sft", "cold_start_grpo", "r1", "r1_zero", "cold_start_grpo_length",
         "grpo_only", "rs_only", "grpo_rs"]  # fmt: skip
-FROM_CHECKPOINT = {"grpo_only", "rs_only", "grpo_rs"}  # r1's later stages alone: they need a cold start (--start-from)
 # Each arm: the recipe, the stages it runs (from the first listed, 0-based), and each stage's share of the budget.
 PLAN = {
     "direct_sft": ("r1", 0, [1.0]),
@@ -75,6 +74,7 @@ PLAN = {
     "rs_only": ("r1", 2, [1.0]),
     "grpo_rs": ("r1", 1, [0.4, 0.6]),  # r1's GRPO and rejection sampling in r1's proportion (20 : 30)
 }
+FROM_CHECKPOINT = {arm for arm, (_, first, _) in PLAN.items() if first > 0}  # they need a cold start (--start-from)
 LEVELS = (2, 3, 4)  # steps per problem: 3, 4 and 5 operands
 DIGITS = yaml.safe_load((ROOT / "recipes" / "r1.yaml").read_text())["data"]["digits"]  # the recipes' problems
 HEADLINE = 3

@@ -291,10 +291,9 @@ def prepare_quantized(model, gradient_checkpointing: bool):
 
     The base weights are frozen, 4-bit layers stay in bitsandbytes' trainable layout on CPU too (below), and with
     gradient checkpointing the embeddings' output requires grad so that checkpointed blocks still pass gradients
-    back to the adapters. Unlike PEFT's
-    `prepare_model_for_kbit_training`, the 16-bit weights (embeddings, LM head, norms) keep their
-    dtype instead of going to fp32, which holds more memory from the start of training; the trainers compute
-    in 16-bit anyway.
+    back to the adapters. Unlike PEFT's `prepare_model_for_kbit_training`, the 16-bit weights (embeddings, LM head,
+    norms) keep their dtype instead of going to fp32, which holds more memory from the start of training; the
+    trainers compute in 16-bit anyway.
     """
     if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
         return model

@@ -68,8 +68,8 @@ def test_nf4_loads_and_trains_a_step_on_cpu():
 
 def test_nf4_trains_the_same_after_an_evaluation_on_cpu():
     """bitsandbytes repacks a 4-bit layer for a CPU inference kernel without a backward the first time the layer runs
-    in eval mode; lowtune's training model keeps the trainable layout, so an evaluation before training (eval.before,
-    GRPO's and PPO's sampling) leaves the adapter's gradients as they were."""
+    in eval mode; lowtune's training model keeps the trainable layout, so an evaluation before training (eval.before)
+    or PPO's eval-mode rollouts leave the adapter's gradients as they were."""
     pytest.importorskip("bitsandbytes")
     import bitsandbytes.functional as bnbf
 
