@@ -35,8 +35,8 @@ CASES = {
     "softcap_scale": dict(n=40, h=32, v=300, chunk=64, bias=True, softcap=3.0, logit_scale=0.5, temperature=1.3),
     # Every logit 12,800 + a spread of std ~11: exp overflows without the max taken out, and an entropy not centred on
     # it loses ~1e-3. Integer inputs make each logit exact in float32 (or TF32) in any summation order, so ours and
-    # naive differ only in the softmax. (Real inputs of std 1e4 instead: both rounded a near-tie row's gap by ~1e-3,
-    # and which rounded it worse was a coin flip; the interpreter run failed 2 times in 25.)
+    # naive differ only in the softmax. (With real inputs of std 1e4 both round a near-tie row's gap by ~1e-3, and
+    # which one rounds it worse is a coin flip that decided the entropy comparison: the case failed at random.)
     "large_logits": dict(n=40, h=32, v=300, chunk=64, offset=12800),
     "bf16": dict(n=40, h=32, v=300, chunk=64, dtype=torch.bfloat16),
     "batched_with_ignored": dict(n=(3, 13), h=32, v=300, chunk=64, ignored=0.3),
