@@ -166,6 +166,7 @@ class PipelineSummary(SummaryMapping):
     stages: list[dict[str, Any]]  # {"stage": 1, "method": "sft", "dir": "stages/1-sft", **that stage's summary.json}
     placement: dict[str, Any] | None = None
     processes: int = 1
+    plan: dict[str, Any] | None = None  # `lowtune train --fit`: the plan (each stage's), and on CUDA the peak measured
     smoke: bool = False
 
     @property
@@ -201,6 +202,8 @@ class PipelineSummary(SummaryMapping):
             "placement": self.placement,
             "processes": self.processes,
         }
+        if self.plan is not None:
+            out["plan"] = self.plan
         if self.smoke:
             out["smoke"] = True
         return out

@@ -175,17 +175,42 @@ def run_summary(run_path, summary: RunSummary | PipelineSummary) -> None:
     say(f'adapter saved to {adapter}; try: lowtune generate {run_path} --prompt "{example}"{also}')
 
 
+def _mib(x: float) -> str:
+    return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
+
+
 def plan_table(plan) -> None:
-    """`lowtune plan`: the parts of the planned peak, the total, and whether it fits."""
+    """`lowtune plan`: the parts of the planned peak, the total, and whether it fits; a pipeline's stages, then
+    its largest stage part by part."""
+    if plan.method == "pipeline":
+        fits = plan.memory_mb is not None
+        rows = [[str(n), p.method, f"{p.batch} × {p.length}", _mib(p.tensor_peak_mb), _mib(p.total_mb),
+                 *(["yes" if p.fits else "NO"] if fits else [])] for n, p in enumerate(plan.stages, 1)]  # fmt: skip
+        columns = ["stage", "method", "batch × tokens", "tensor peak MiB", "total MiB", *(["fits"] if fits else [])]
+        table(f"lowtune plan: a pipeline of {len(plan.stages)} stages on {plan.device}, {plan.model} (they run one "
+              "after another: the peak is the largest stage's)", columns, rows, whole=("stage", "method"))  # fmt: skip
+        largest = plan.stages.index(plan.largest) + 1
+        say(f"stage {largest} ({plan.largest.method}), the largest, part by part:")
+        _plan_parts(plan.largest)
+        for n, p in enumerate(plan.stages, 1):
+            if n != largest:
+                _plan_notes(p, f"stage {n}: ")
+    else:
+        _plan_parts(plan)
+    if plan.memory_mb is not None:
+        verdict = "fits" if plan.fits else "does NOT fit"
+        planned = f"planned {plan.total_mb / 1024:.2f} GiB, in {plan.seconds:.0f} s"
+        say(f"{verdict} in {plan.memory_mb / 1024:.2f} GiB ({planned})")
+    else:
+        say(f"planned in {plan.seconds:.0f} s; give --gpu-memory 8GiB (or --gpu NAME) to check a GPU")
 
-    def mib(x: float) -> str:
-        return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
 
-    rows = [[p.name, mib(p.mb), p.how] for p in plan.parts]
+def _plan_parts(plan) -> None:
+    rows = [[p.name, _mib(p.mb), p.how] for p in plan.parts]
     peak = "tensor peak" + (" (max_memory_allocated)" if plan.device == "cuda" else "")
-    rows.append([peak, mib(plan.tensor_peak_mb), ""])
-    rows += [[p.name, mib(p.mb), p.how] for p in plan.overheads]
-    rows.append(["total", mib(plan.total_mb), f"{plan.total_mb / 1024:.2f} GiB"])
+    rows.append([peak, _mib(plan.tensor_peak_mb), ""])
+    rows += [[p.name, _mib(p.mb), p.how] for p in plan.overheads]
+    rows.append(["total", _mib(plan.total_mb), f"{plan.total_mb / 1024:.2f} GiB"])
     s = plan.settings
     checkpointing = "on" if s["gradient_checkpointing"] else "off"
     title = (
@@ -193,13 +218,11 @@ def plan_table(plan) -> None:
         f"({s['quantization']}, {s['dtype']}, checkpointing {checkpointing})"
     )
     table(title, ["part", "MiB", "how"], rows)
+    _plan_notes(plan)
+
+
+def _plan_notes(plan, where: str = "") -> None:
     if plan.cut_rows:
-        say(f"train.max_length={plan.max_length} cuts {plan.cut_rows} of {plan.rows} rows")
+        say(f"{where}train.max_length={plan.max_length} cuts {plan.cut_rows} of {plan.rows} rows")
     for note in plan.notes:
-        say(note)
-    if plan.memory_mb is not None:
-        verdict = "fits" if plan.fits else "does NOT fit"
-        planned = f"planned {plan.total_mb / 1024:.2f} GiB, in {plan.seconds:.0f} s"
-        say(f"{verdict} in {plan.memory_mb / 1024:.2f} GiB ({planned})")
-    else:
-        say(f"planned in {plan.seconds:.0f} s; give --gpu-memory 8GiB (or --gpu NAME) to check a GPU")
+        say(where + note)

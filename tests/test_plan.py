@@ -164,3 +164,187 @@ def test_the_tracker_sees_what_a_real_step_allocates():
         c = b + 1  # a is gone: still 2 MiB at most
         del b, c
     assert tracker.peak == 2 * 2**20 and tracker.current == 0
+
+
+# ---------------------------------------------------------------- rejection sampling and pipelines
+
+SAMPLING = ["method=rejection_sampling", *TINY, "data.n_train=4", "rewards.format=1", "train.max_completion_length=48",
+            "train.per_device_train_batch_size=2", "train.temperature=0.7"]  # fmt: skip
+
+
+def full_length_right_replies(tokens: int):
+    """Stands in for sampling: replies to "What is A + B?" that are right, well formed and `tokens` long, the
+    longest a sample can be (the worst case the plan is for)."""
+
+    def generate(model, tokenizer, prompts, max_new_tokens, **kwargs):
+        def length(text):
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        replies = []
+        for messages in prompts:
+            a, b = map(int, messages[-1]["content"].removeprefix("What is ").removesuffix("?").split(" + "))
+            answer = f"</think><answer>{a + b}</answer>"
+            reply = next(r for n in range(tokens, 0, -1)
+                         if length(r := "<think>" + plan._reply_of(tokenizer, n) + answer) <= tokens)  # fmt: skip
+            assert length(reply) >= tokens - 2
+            replies += [reply] * kwargs["num_return_sequences"]
+        return replies
+
+    return generate
+
+
+def test_rejection_sampling_plans_sft_on_the_longest_samples(tmp_path, monkeypatch):
+    """Its SFT step is planned on kept samples of max_completion_length tokens: within 10% of the real run's
+    step when every kept sample is that long (the sampling kept small, so the step is the peak)."""
+    from lowtune import evaluate
+
+    small = ["train.sampling_batch_size=1", "train.num_generations=2"]
+    predicted = plan.plan(load_recipe(None, [*SAMPLING, *small, f"output.dir={tmp_path}"]), device="cpu")
+    assert "peak_phase" not in predicted.settings and predicted.settings["sampling_batch"] == 2
+    assert "optimizer states" in {p.name for p in predicted.parts}
+    assert any("train.max_completion_length=48" in note for note in predicted.notes)
+    monkeypatch.setattr(evaluate, "generate", full_length_right_replies(48))
+    callback = tensor_peak_callback(3)
+    fit = training.fit
+
+    def fit_measured(trainer, *args):
+        trainer.add_callback(callback)
+        return fit(trainer, *args)
+
+    monkeypatch.setattr(training, "fit", fit_measured)
+    recipes.train(load_recipe(None, [*SAMPLING, *small, f"output.dir={tmp_path}", "train.max_steps=3"]))
+    measured = callback.peak / 2**20
+    assert abs(predicted.tensor_peak_mb - measured) <= 0.10 * measured, (predicted.tensor_peak_mb, measured)
+    # a longer sample is a longer row to train on
+    longer = plan.plan(load_recipe(None, [*SAMPLING, *small, "train.max_completion_length=96"]), device="cpu")
+    assert longer.length >= predicted.length + 48 and longer.tensor_peak_mb > predicted.tensor_peak_mb
+
+
+def test_rejection_sampling_plans_its_sampling_without_the_optimizer(tmp_path, monkeypatch):
+    """Many samples at once: the sampling is the peak, of the weights and the KV cache alone (the sampling model
+    is freed before SFT makes its optimizer), within 10% of the real sampling's tensor peak when every sample runs
+    to max_completion_length; fewer samples at once plan less."""
+    from lowtune import evaluate, models
+    from lowtune.plan.trace import PeakTracker
+    from lowtune.recipes import rejection_sampling
+    from lowtune.runs import RunDir
+
+    many = load_recipe(None, [*SAMPLING, "train.sampling_batch_size=4", "train.num_generations=32"])
+    predicted = plan.plan(many, device="cpu")
+    assert predicted.settings["peak_phase"] == "generation" and predicted.settings["sampling_batch"] == 4 * 32
+    names = [p.name for p in predicted.parts]
+    assert "optimizer states" not in names and "generation: KV cache and logits" in names
+    fewer = plan.plan(load_recipe(None, [*SAMPLING, "train.sampling_batch_size=2", "train.num_generations=32"]),
+                      device="cpu")  # fmt: skip
+    assert fewer.tensor_peak_mb < predicted.tensor_peak_mb
+
+    model, tokenizer = models.load(many.model, many.lora)  # loaded before, held by the tracker as the plan holds it
+    monkeypatch.setattr(rejection_sampling.models, "load", lambda *args, **kwargs: (model, tokenizer))
+    generate, real = model.generate, evaluate.generate
+
+    def full_length(model_, tokenizer_, prompts, max_new_tokens, **kwargs):  # no sample stops early
+        model.generate = lambda **inputs: generate(**inputs, min_new_tokens=max_new_tokens)
+        return real(model_, tokenizer_, prompts, max_new_tokens, **kwargs)
+
+    monkeypatch.setattr(evaluate, "generate", full_length)
+    run = RunDir(tmp_path / "sampled")
+    run.path.mkdir()
+    tracker = PeakTracker(fake=False)
+    tracker.hold([*model.parameters(), *model.buffers()])
+    with tracker, pytest.raises(LowtuneError, match="kept none"):  # tiny-random's samples are never right
+        rejection_sampling.sample(many, run, None, recipes.trl_args(many, run))
+    measured = tracker.peak / 2**20
+    assert abs(predicted.tensor_peak_mb - measured) <= 0.10 * measured, (predicted.tensor_peak_mb, measured)
+
+    # --fit samples fewer prompts at once, the most that fit: here 3, whose sampling plans less than the SFT step
+    # that 2 plan (the step's peak is the same for any sampling), 4 being over it
+    found = plan.fit(None, [*SAMPLING, "train.sampling_batch_size=4", "train.num_generations=32"],
+                     fewer.total_mb + 0.5, device="cpu")  # fmt: skip
+    assert "peak_phase" not in fewer.settings and fewer.settings["generation_peak_mb"] < fewer.tensor_peak_mb
+    assert found.overrides == ["train.sampling_batch_size=3"] and found.plan.fits
+    assert found.plan.settings["generation_peak_mb"] > fewer.settings["generation_peak_mb"]
+
+
+PIPELINE = """\
+model:
+  name: tiny-random
+data:
+  n_train: 32
+eval:
+  task: null
+output:
+  quiet: true
+stages:
+  - method: sft
+    train:
+      max_steps: 1
+      per_device_train_batch_size: 8
+  - method: sft
+    train:
+      max_steps: 1
+      per_device_train_batch_size: 2
+"""
+
+
+def test_a_pipeline_is_planned_stage_by_stage_and_peaks_at_its_largest(tmp_path):
+    path = tmp_path / "pipe.yaml"
+    path.write_text(PIPELINE)
+    whole = plan.plan(load_recipe(path), device="cpu")
+    assert [p.batch for p in whole.stages] == [8, 2] and whole.method == "pipeline"
+    alone = plan.plan(load_recipe(path, ["stages.1.train.per_device_train_batch_size=2"]), device="cpu")
+    assert alone.stages[0].tensor_peak_mb == pytest.approx(whole.stages[1].tensor_peak_mb, rel=1e-6)
+    assert whole.stages[0].tensor_peak_mb > whole.stages[1].tensor_peak_mb  # each stage its own settings
+    assert whole.total_mb == whole.stages[0].total_mb and whole.tensor_peak_mb == whole.stages[0].tensor_peak_mb
+    # every stage of the shipped r1 (SFT, GRPO, rejection sampling) is planned
+    r1 = plan.plan(recipe("r1", tmp_path, "stages.2.train.max_completion_length=16"), device="cpu", memory_mb=64 * 1024)
+    assert [p.method for p in r1.stages] == ["sft", "grpo", "rejection_sampling"] and r1.fits
+
+
+def test_fit_fits_each_stage_of_a_pipeline(tmp_path, capsys):
+    path = tmp_path / "pipe.yaml"
+    path.write_text(PIPELINE)
+    whole = plan.plan(load_recipe(path), device="cpu")
+    half = plan.plan(load_recipe(path, ["stages.1.train.per_device_train_batch_size=4"]), device="cpu")
+    budget = (whole.stages[0].total_mb + half.stages[0].total_mb) / 2  # stage 1 fits at batch 4, stage 2 as it is
+    assert whole.stages[1].total_mb < budget
+    found = plan.fit(path, [], budget, device="cpu")
+    assert found.overrides == ["stages.1.train.per_device_train_batch_size=4",
+                               "stages.1.train.gradient_accumulation_steps=2"]  # fmt: skip
+    assert found.plan.fits and [p.batch for p in found.plan.stages] == [4, 2]
+    with pytest.raises(LowtuneError, match=r"stage 1 \(sft\) does not fit in 0\.10 GiB"):
+        plan.fit(path, [], 0.1 * 1024, device="cuda")
+    # the command line: the stages' table, and train --fit records the pipeline's plan in its summary.json
+    assert main(["plan", str(path), "--memory", "64GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "a pipeline of 2 stages" in out and "stage 1 (sft), the largest" in out and "fits in 64.00 GiB" in out
+    runs = tmp_path / "runs"
+    assert main(["train", str(path), f"output.dir={runs}", "--fit", "64GiB"]) == 0
+    summary = json.loads((runs / "pipe" / "summary.json").read_text())
+    assert summary["plan"]["fits"] is True and [s["batch"] for s in summary["plan"]["stages"]] == [8, 2]
+    assert summary["plan"]["measured_tensor_peak_mb"] is None  # measured on CUDA only
+
+
+@pytest.mark.parametrize("n, prompt, new", [(128, 40, 48), (16, 20, 400)])
+def test_the_generation_plan_follows_the_kv_cache_to_the_last_token(n, prompt, new):
+    """Within 10% of transformers' generate's tensor peak where the prefill is the peak (128 × 40 tokens, 48 new)
+    and where the KV cache outgrows it (16 × 20, 400 new): the decode steps are extrapolated, not the prefill."""
+    from lowtune import models
+
+    r = load_recipe(None, ["method=rejection_sampling", "model.name=tiny-random"])
+    model, _ = models.load(r.model, r.lora)
+    model.eval()
+
+    def holding():
+        from lowtune.plan.trace import PeakTracker
+
+        tracker = PeakTracker(fake=False)
+        tracker.hold([*model.parameters(), *model.buffers()])
+        return tracker
+
+    planned = plan._generation(model, holding(), n, prompt, new)
+    real = holding()
+    ids = torch.randint(5, 300, (n, prompt), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), real:
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                       do_sample=True, pad_token_id=0)  # fmt: skip
+    assert abs(planned - real.peak) <= 0.10 * real.peak, (planned / 2**20, real.peak / 2**20)

@@ -7,12 +7,15 @@ worst batch the sampler can form comes from the recipe's real rows (the longest,
 tokenization and `max_length`); one step runs (forward, backward, optimizer) under `trace.PeakTracker`, with
 the optimizer states made first so the step is a steady one. GRPO's generation is traced apart (prefill and
 decode steps with the KV cache, extrapolated to the full completion length, which grows it linearly) and the
-trainer's step then gets completions of the full length. What tracing cannot see is added from formulas with
-their sources (`budget.py`): the CUDA context and the allocator's reserve (on CPU: the process itself).
+trainer's step then gets completions of the full length. Rejection sampling's sampling is traced the same way
+(without the optimizer, made after it), and its SFT step on the longest prompt with a reply of the full sample
+length. What tracing cannot see is added from formulas with their sources (`budget.py`): the CUDA context and the
+allocator's reserve (on CPU: the process itself). A pipeline is planned stage by stage; its peak is the largest.
 
 `fit(recipe, memory)` searches the settings: the largest per-device batch whose plan fits, keeping the
 effective batch (per-device batch × gradient accumulation) and so GRPO's groups, gradient checkpointing only
-where needed; when nothing fits it names the smallest change that would, with its plan.
+where needed (rejection sampling first samples fewer prompts at once); when nothing fits it names the smallest
+change that would, with its plan. A pipeline's stages are fitted in turn.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from lowtune.plan.trace import (
     no_device_moves,
 )
 
-METHODS = ("sft", "dpo", "grpo", "reward", "ppo", "kto", "orpo", "rloo")
+METHODS = ("sft", "dpo", "grpo", "reward", "ppo", "kto", "orpo", "rloo", "rejection_sampling")
 MB = 2**20
 
 
@@ -88,6 +91,41 @@ class Plan:
                       "fits": self.fits}  # fmt: skip
 
 
+@dataclasses.dataclass
+class PipelinePlan:
+    """A pipeline's plan: one per stage. The stages run one after another, each freeing what it held, so the
+    pipeline's peak is its largest stage's."""
+
+    model: str
+    device: str
+    stages: list[Plan]
+    memory_mb: float | None = None
+    seconds: float = 0.0
+    method = "pipeline"
+
+    @property
+    def largest(self) -> Plan:
+        return max(self.stages, key=lambda p: p.total_mb)
+
+    @property
+    def tensor_peak_mb(self) -> float:
+        return max(p.tensor_peak_mb for p in self.stages)
+
+    @property
+    def total_mb(self) -> float:
+        return self.largest.total_mb
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.memory_mb is None else all(p.fits for p in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": "pipeline", "model": self.model, "device": self.device, "memory_mb": self.memory_mb,
+                "seconds": self.seconds, "stages": [p.to_dict() for p in self.stages],
+                "tensor_peak_mb": round(self.tensor_peak_mb, 1), "total_mb": round(self.total_mb, 1),
+                "fits": self.fits}  # fmt: skip
+
+
 def target_placement(recipe: Recipe, device: str | None) -> Placement:
     """The placement of the planned run: this machine's (`device` None), or CUDA / CPU as if there."""
     cfg = recipe.model
@@ -105,16 +143,20 @@ def target_placement(recipe: Recipe, device: str | None) -> Placement:
     return Placement(kind, dtype, quantization, checkpointing, resolve_logprob_kernel(cfg.logprob_kernel, device))
 
 
-def plan(recipe: Recipe, device: str | None = None, memory_mb: float | None = None, say=None) -> Plan:
-    """Predict the peak memory of one training step of `recipe` on `device` (default: this machine's)."""
+def plan(recipe: Recipe, device: str | None = None, memory_mb: float | None = None, say=None) -> Plan | PipelinePlan:
+    """Predict the peak memory of one training step of `recipe` on `device` (default: this machine's); a
+    pipeline's, of each stage."""
     from transformers import AutoConfig
 
     from lowtune import recipes, training
     from lowtune.kernels.trl import patched
     from lowtune.runs import RunDir
 
+    if recipe.stages:
+        return _plan_pipeline(recipe, device, memory_mb, say)
     if recipe.method not in METHODS:
-        raise LowtuneError(f"lowtune plan: {recipe.method} is not planned yet; it plans {', '.join(METHODS)}")
+        raise LowtuneError(f"lowtune plan: {recipe.method} is not planned yet; it plans {', '.join(METHODS)} "
+                           "and pipelines of them")  # fmt: skip
     began = time.perf_counter()
     placement = target_placement(recipe, device)
     path = models.resolve_path(recipe.model.name, say)
@@ -144,6 +186,12 @@ def plan(recipe: Recipe, device: str | None = None, memory_mb: float | None = No
     notes = []
     if recipe.method == "sft" and recipe.augment.tools:
         notes.append("Toolformer augmentation is not planned: annotated rows are longer than the rows planned")
+    if recipe.method == "rejection_sampling":
+        full = trainer.planned_sampling["full_length"]
+        notes.append(f"rejection sampling: SFT planned on kept samples of train.max_completion_length="
+                     f"{args.max_completion_length} tokens, the longest a sample can be ({full} tokens with the "
+                     "prompt)" + (f"; train.max_length={args.max_length} cuts such a sample"
+                                  if args.max_length is not None and full > args.max_length else ""))  # fmt: skip
     overheads = budget.overheads(placement.device.type, sum(p.mb for p in parts))
     settings = {
         "per_device_train_batch_size": args.per_device_train_batch_size,
@@ -160,6 +208,29 @@ def plan(recipe: Recipe, device: str | None = None, memory_mb: float | None = No
         cut_rows=cut, max_length=getattr(args, "max_length", None), settings=settings, parts=parts,
         overheads=overheads, memory_mb=memory_mb, seconds=round(time.perf_counter() - began, 1), notes=notes,
     )  # fmt: skip
+
+
+def stage_recipe(recipe: Recipe, number: int) -> Recipe:
+    """Stage `number` (from 1) of a pipeline as it trains: its own sections over the pipeline's model and LoRA (a
+    later stage continues the same adapter, or a fresh one of the same shape on the merged base: the same plan)."""
+    from lowtune.recipes.pipeline import stage_recipe_of
+
+    return stage_recipe_of(recipe, recipe.stages[number - 1], recipe.model.name, None)
+
+
+def _plan_pipeline(recipe: Recipe, device: str | None, memory_mb: float | None, say) -> PipelinePlan:
+    """Each stage's plan, in order; an error inside a stage names the stage."""
+    unplanned = sorted({s.method for s in recipe.stages} - set(METHODS))
+    if unplanned:
+        raise LowtuneError(f"lowtune plan: the pipeline's {', '.join(unplanned)} stages are not planned yet; it plans "
+                           f"{', '.join(METHODS)}")  # fmt: skip
+    began, stages = time.perf_counter(), []
+    for n, stage in enumerate(recipe.stages, 1):
+        try:
+            stages.append(plan(stage_recipe(recipe, n), device, memory_mb, say))
+        except LowtuneError as e:
+            raise LowtuneError(f"stage {n} ({stage.method}): {e}") from e
+    return PipelinePlan(recipe.model.name, stages[0].device, stages, memory_mb, round(time.perf_counter() - began, 1))
 
 
 def _trace_step(trainer, mode, batch, block: int, method) -> tuple[list[Part], dict[str, Any]]:
@@ -183,6 +254,8 @@ def _trace_step(trainer, mode, batch, block: int, method) -> tuple[list[Part], d
     with mode:
         if method.generation is not None:
             generation, extra = method.generation(trainer, tracker, batch)
+            if not method.generation_holds_optimizer:  # its model is freed before the optimizer is made
+                generation -= tracker.bytes_of(states, set(tracker.live))
         trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
         with tracker:
             trainer.training_step(model, batch, None)
@@ -194,14 +267,13 @@ def _trace_step(trainer, mode, batch, block: int, method) -> tuple[list[Part], d
     if generation is not None and generation > tracker.peak:  # generating holds more than the step
         extra["peak_phase"] = "generation"
         alive = set(tracker.live)  # after the step: the weights and optimizer states, as during generation
-        held = [tracker.bytes_of(group, alive) for group in ([*frozen, *buffers], trainable, states)]
-        return [
-            Part("base weights" + weights, held[0] / MB, "traced"),
-            Part("LoRA weights", held[1] / MB, "traced"),
-            Part("optimizer states", held[2] / MB, "traced"),
-            Part("generation: KV cache and logits", (generation - sum(held)) / MB,
-                 "traced, extrapolated to the full completion length"),
-        ], extra  # fmt: skip
+        groups = [[*frozen, *buffers], trainable, *([states] if method.generation_holds_optimizer else [])]
+        held = [tracker.bytes_of(group, alive) for group in groups]
+        names = ["base weights" + weights, "LoRA weights", "optimizer states"][: len(held)]
+        parts = [Part(name, mb / MB, "traced") for name, mb in zip(names, held, strict=True)]
+        kv = Part("generation: KV cache and logits", (generation - sum(held)) / MB,
+                  "traced, extrapolated to the full completion length")  # fmt: skip
+        return [*parts, kv], extra
     if generation is not None:
         extra["generation_peak_mb"] = round(generation / MB, 1)
     held = [tracker.bytes_of(group, at_peak) for group in ([*frozen, *buffers], trainable, grads, states)]
@@ -233,6 +305,7 @@ class _Method:
 
     adapts = False  # True: TRL puts the adapter on the bare base (else it comes with one, lowtune.models.load)
     generation = None  # a function tracing the method's generation phase, if it has one
+    generation_holds_optimizer = True  # the optimizer's states are alive while it generates
 
     @staticmethod
     def trainer(recipe, args, model, tokenizer, rows):
@@ -393,11 +466,7 @@ class _GRPO(_Method):
         on the growing KV cache, traced for two lengths and extrapolated linearly to max_completion_length."""
         prompt = _template_length(trainer.processing_class, batch[0]["prompt"], generation_prompt=True)
         n, completion = len(batch), trainer.args.max_completion_length
-        peaks = []
-        for steps in (2, 4):
-            peaks.append(_generation_peak(trainer.model, tracker, n, prompt, steps))
-        slope = (peaks[1] - peaks[0]) / 2
-        return int(peaks[1] + slope * max(completion - 4, 0)), {
+        return _generation(trainer.model, tracker, n, prompt, completion), {
             "num_generations": trainer.args.num_generations,
             "generation_batch": n,
             "prompt_tokens": prompt,
@@ -405,23 +474,25 @@ class _GRPO(_Method):
         }
 
 
-def _generation_peak(model, tracker: PeakTracker, n: int, prompt: int, steps: int) -> int:
-    """The tracker's peak (with what it already holds) over a prefill and `steps` decode steps, as
-    transformers' generate runs them (the cache grows by one token a step, logits of the last token only)."""
+def _generation(model, tracker: PeakTracker, n: int, prompt: int, new: int) -> int:
+    """The tracker's peak (with what it already holds) over generating `new` tokens for `n` sequences after a prompt
+    of `prompt` tokens, as transformers' generate runs it: a prefill, then one token a step on the growing KV cache,
+    logits of the last token only. The larger of the prefill's peak and the last step's, the latter extrapolated
+    linearly from the peaks of decode steps 3 and 4 (each step's is the cache so far plus that step's temporaries)."""
     sub = PeakTracker(tracker.block)
     sub.current = sub.peak = tracker.current
-    unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
+    steps = []
     with torch.no_grad(), sub:
-        ids = torch.zeros(n, prompt, dtype=torch.long)
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        for _ in range(steps):
-            step = torch.zeros(n, 1, dtype=torch.long)
-            out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=torch.zeros(n, prompt, dtype=torch.long), use_cache=True, logits_to_keep=1)
+        cache, prefill = out.past_key_values, sub.peak
+        for _ in range(min(new, 4)):
+            sub.peak = sub.current
+            out = model(input_ids=torch.zeros(n, 1, dtype=torch.long), cache=cache, use_cache=True, logits_to_keep=1)
             cache = out.past_key_values
+            steps.append(sub.peak)
         del out, cache
-    del unwrapped
-    return sub.peak
+    last = steps[-1] + (steps[-1] - steps[-2]) * (new - len(steps)) if len(steps) > 1 else max(steps, default=0)
+    return int(max(prefill, last))
 
 
 def _filler_token(tokenizer) -> int:
@@ -468,17 +539,73 @@ class _PPO(_Method):
         prompt = _template_length(trainer.processing_class, batch[0]["prompt"], generation_prompt=True)
         n, new = len(batch), trainer.args.max_new_tokens
         trainer.model.activate(POLICY)
-        peaks = [_generation_peak(trainer.model.peft, tracker, n, prompt, steps) for steps in (2, 4)]
-        slope = (peaks[1] - peaks[0]) / 2
-        return int(peaks[1] + slope * max(new - 4, 0)), {
+        return _generation(trainer.model.peft, tracker, n, prompt, new), {
             "rollout_size": n,
             "prompt_tokens": prompt,
             "max_new_tokens": new,
         }
 
 
+class _RejectionSampling(_Method):
+    """Sampling (`sampling_batch_size` prompts, `num_generations` samples each, generated together), then SFT on
+    the kept samples. Those are not known before the run: the SFT step is planned on the longest prompt with a
+    reply of `max_completion_length` tokens, the longest a sample can be."""
+
+    generation_holds_optimizer = False  # lowtune.recipes.rejection_sampling frees its sampling model before SFT
+
+    @staticmethod
+    def rows(recipe):
+        return data.load(recipe.data, kind="prompt", system_prompt=recipe.system_prompt())
+
+    @staticmethod
+    def trainer(recipe, args, model, tokenizer, rows):
+        from datasets import Dataset
+
+        from lowtune.recipes import sft
+
+        lengths = [_template_length(tokenizer, r["prompt"], generation_prompt=True) for r in rows]
+        longest = rows[_longest(lengths, 1)[0]]["prompt"]
+        reply = [{"role": "assistant", "content": _reply_of(tokenizer, args.max_completion_length)}]
+        full = _template_length(tokenizer, [*longest, *reply])
+        n = args.per_device_train_batch_size
+        if args.packing and args.max_length:  # enough rows to fill every packed block of the batch
+            n *= -(-args.max_length // full)
+        trainer = sft.make_trainer(recipe, args, model, tokenizer,
+                                   Dataset.from_list([{"prompt": longest, "completion": reply}] * n))  # fmt: skip
+        sequences = min(args.sampling_batch_size, len(rows)) * args.num_generations
+        trainer.planned_sampling = {"sequences": sequences, "prompt_tokens": max(lengths), "full_length": full}
+        return trainer
+
+    @staticmethod
+    def worst_batch(recipe, trainer, tokenizer, rows, mode):
+        processed = trainer.train_dataset  # packed or not, the batch's rows are its first ones
+        batch = trainer.data_collator(
+            [processed[i] for i in range(min(len(processed), trainer.args.per_device_train_batch_size))]
+        )
+        return _fake_batch(mode, batch), int(batch["input_ids"].shape[1]), 0  # what it cuts is said in a note
+
+    @staticmethod
+    def generation(trainer, tracker, batch):
+        s, new = trainer.planned_sampling, trainer.args.max_completion_length
+        return _generation(trainer.model, tracker, s["sequences"], s["prompt_tokens"], new), {
+            "num_generations": trainer.args.num_generations,
+            "sampling_batch_size": trainer.args.sampling_batch_size,
+            "sampling_batch": s["sequences"],
+            "prompt_tokens": s["prompt_tokens"],
+            "max_completion_length": new,
+        }
+
+
+def _reply_of(tokenizer, n: int) -> str:
+    """A reply of `n` tokens: a word that stays one token however often it repeats, else the filler token's text."""
+    for word in (" a", " the", " 1", " x"):
+        if len(tokenizer(word * n, add_special_tokens=False)["input_ids"]) == n:
+            return word * n
+    return tokenizer.decode([_filler_token(tokenizer)] * n)
+
+
 _METHODS = {"sft": _SFT, "dpo": _DPO, "grpo": _GRPO, "reward": _Reward, "ppo": _PPO, "kto": _KTO, "orpo": _ORPO,
-            "rloo": _GRPO}  # fmt: skip
+            "rloo": _GRPO, "rejection_sampling": _RejectionSampling}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -502,78 +629,125 @@ def _quiet(name: str):
 @dataclasses.dataclass
 class Fit:
     overrides: list[str]  # what to add to the recipe (empty: it fits as it is)
-    plan: Plan  # the plan of the recipe with them
+    plan: Plan | PipelinePlan  # the plan of the recipe with them
     tried: list[dict[str, Any]]  # each candidate: its settings and predicted total
 
 
 def fit(path: Path | None, overrides: list[str], memory_mb: float, device: str | None = None, say=None) -> Fit:
     """The settings under which the recipe at `path` (with `overrides`) fits in `memory_mb` on `device`, as
-    further overrides; see the module doc."""
+    further overrides; see the module doc. A pipeline: each stage in turn, its settings under `stages.N.` (gradient
+    checkpointing, a model setting, for every stage once one needs it), then the whole pipeline planned with them."""
     from lowtune.config import load_recipe
 
+    recipe = load_recipe(path, overrides)
+    if not recipe.stages:
+        return _fit(lambda extra: plan(load_recipe(path, [*overrides, *extra]), device, memory_mb, say), recipe, "",
+                    recipe.method, memory_mb)  # fmt: skip
+    chosen: list[str] = []
     tried: list[dict[str, Any]] = []
+    for n in range(1, len(recipe.stages) + 1):
+
+        def planned(extra, n=n, settled=tuple(chosen)):
+            return plan(stage_recipe(load_recipe(path, [*overrides, *settled, *extra]), n), device, memory_mb, say)
+
+        stage = stage_recipe(load_recipe(path, [*overrides, *chosen]), n)
+        found = _fit(planned, stage, f"stages.{n}.", f"stage {n} ({stage.method})", memory_mb)
+        chosen += found.overrides
+        tried += [{"stage": n, **t} for t in found.tried]
+    whole = plan(load_recipe(path, [*overrides, *chosen]), device, memory_mb, say)
+    return Fit(chosen, whole, tried)
+
+
+def _fit(planned, recipe: Recipe, prefix: str, what: str, memory_mb: float) -> Fit:
+    """`fit` of one recipe (a pipeline's stage: `prefix` stages.N.), `planned(extra overrides)` planning it.
+    Rejection sampling whose sampling does not fit first samples fewer prompts at once (the largest number that
+    fits), then its SFT step is fitted as any."""
+    tried: list[dict[str, Any]] = []
+    settled: list[str] = []  # settings chosen before the batch search (rejection sampling's sampling batch)
 
     def attempt(extra: list[str]) -> Plan:
-        p = plan(load_recipe(path, [*overrides, *extra]), device, memory_mb, say)
-        tried.append({"overrides": extra, "total_mb": round(p.total_mb, 1), "fits": p.fits})
+        p = planned([*settled, *extra])
+        tried.append({"overrides": [*settled, *extra], "total_mb": round(p.total_mb, 1), "fits": p.fits})
         return p
 
     current = attempt([])
     if current.fits:
         return Fit([], current, tried)
+    if recipe.method == "rejection_sampling" and not _sampling_fits(current, memory_mb):
+        k, most = current.settings["num_generations"], current.settings["sampling_batch_size"]
+        found = _largest_fitting(list(range(most, 0, -1)), lambda b: [f"{prefix}train.sampling_batch_size={b}"],
+                                 attempt, lambda p: _sampling_fits(p, memory_mb))  # fmt: skip
+        if found is None:
+            raise LowtuneError(
+                f"{what}: sampling {k} replies to one prompt does not fit in {memory_mb / 1024:.2f} GiB (planned "
+                f"{current.total_mb / 1024:.2f} GiB with {most} prompts at once): lower {prefix}train.num_generations "
+                f"or {prefix}train.max_completion_length. Nothing was changed."
+            )
+        current, settled = found
+        if current.fits:
+            return Fit(settled, current, tried)
     batch = current.settings["per_device_train_batch_size"]
     effective = batch * current.settings["gradient_accumulation_steps"]
     sizes = [b for b in range(batch, 0, -1) if effective % b == 0]  # b × (effective / b): the same effective batch
     generations = current.settings.get("num_generations")
-    per_generation = load_recipe(path, overrides).train.get("steps_per_generation")
+    per_generation = recipe.train.get("steps_per_generation")
     if generations and per_generation:  # GRPO generates b × steps_per_generation completions in whole groups
         sizes = [b for b in sizes if b * per_generation % generations == 0]
     gc_now = current.settings["gradient_checkpointing"]
     for gc in [gc_now] if gc_now else [False, True]:  # checkpointing only where needed
 
         def settings(b, gc=gc):
-            out = [f"train.per_device_train_batch_size={b}", f"train.gradient_accumulation_steps={effective // b}"]
+            out = [f"{prefix}train.per_device_train_batch_size={b}",
+                   f"{prefix}train.gradient_accumulation_steps={effective // b}"]  # fmt: skip
             return out + ([] if gc == gc_now else [f"model.gradient_checkpointing={str(gc).lower()}"])
 
         chosen = _largest_fitting(sizes, settings, attempt)
         if chosen is not None:
-            return Fit(chosen[1], chosen[0], tried)
-    raise LowtuneError(_nothing_fits(load_recipe(path, overrides), current, memory_mb, effective, attempt))
+            return Fit([*settled, *chosen[1]], chosen[0], tried)
+    raise LowtuneError(_nothing_fits(recipe, current, memory_mb, effective, attempt, prefix, what))
 
 
-def _largest_fitting(sizes: list[int], settings, attempt) -> tuple[Plan, list[str]] | None:
+def _sampling_fits(p: Plan, memory_mb: float) -> bool:
+    """Whether a plan's generation phase alone (with what the device needs besides) fits."""
+    tensors = p.tensor_peak_mb if p.settings.get("peak_phase") == "generation" else p.settings["generation_peak_mb"]
+    return tensors + sum(o.mb for o in budget.overheads(p.device, tensors)) <= memory_mb
+
+
+def _largest_fitting(sizes: list[int], settings, attempt, fits=lambda p: p.fits) -> tuple[Plan, list[str]] | None:
     """Binary search over `sizes` (descending) for the largest whose plan fits: memory grows with the batch."""
     lo, hi, best = 0, len(sizes) - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2
         extra = settings(sizes[mid])
         p = attempt(extra)
-        if p.fits:
+        if fits(p):
             best, hi = (p, extra), mid - 1
         else:
             lo = mid + 1
     return best
 
 
-def _nothing_fits(recipe: Recipe, current: Plan, memory_mb: float, effective: int, attempt) -> str:
+def _nothing_fits(
+    recipe: Recipe, current: Plan, memory_mb: float, effective: int, attempt, prefix: str, what: str
+) -> str:
     """The one-line error when no batch fits: the smallest single changes that would, each with its plan."""
-    smallest = ["train.per_device_train_batch_size=1", f"train.gradient_accumulation_steps={effective}",
-                "model.gradient_checkpointing=true"]  # fmt: skip
+    smallest = [f"{prefix}train.per_device_train_batch_size=1", f"{prefix}train.gradient_accumulation_steps="
+                f"{effective}", "model.gradient_checkpointing=true"]  # fmt: skip
     changes = []
     if current.max_length and current.length > 64:
-        changes.append(("max_length halved", [f"train.max_length={current.max_length // 2}"]))
+        changes.append(("max_length halved", [f"{prefix}train.max_length={current.max_length // 2}"]))
     if current.settings["quantization"] != "nf4":
         changes.append(("NF4 (QLoRA)", ["model.quantization=nf4"]))
     if recipe.lora.r > 4:
         changes.append((f"LoRA rank {recipe.lora.r // 2}", [f"lora.r={recipe.lora.r // 2}"]))
     found = []
-    for what, extra in changes:
+    for change, extra in changes:
         p = attempt([*smallest, *extra])
         found.append(
-            f"{what} ({' '.join(extra)}): {p.total_mb / 1024:.2f} GiB" + ("" if p.fits else ", still too much")
+            f"{change} ({' '.join(extra)}): {p.total_mb / 1024:.2f} GiB" + ("" if p.fits else ", still too much")
         )
     best = f" Single changes, each with batch 1 and checkpointing: {'; '.join(found)}." if found else ""
     return (
-        f"{recipe.method} does not fit in {memory_mb / 1024:.2f} GiB even with a per-device batch of 1 and gradient "
+        f"{what} does not fit in {memory_mb / 1024:.2f} GiB even with a per-device batch of 1 and gradient "
         f"checkpointing (planned {current.total_mb / 1024:.2f} GiB as it is).{best} Nothing was changed."
     )

@@ -107,7 +107,12 @@ def train(
         raise
     summary.placement, summary.processes, summary.smoke = placement.to_dict(), dist.world_size(), smoke
     if plan is not None:
-        measured = summary.fit.peak_memory_mb if placement.device.type == "cuda" else None  # max_memory_allocated
+        measured = None  # on CUDA, max_memory_allocated: a pipeline's largest stage's, with any sampling's
+        if placement.device.type == "cuda":
+            parts = summary.stages if recipe.stages else [summary.to_dict()]
+            measured = max(
+                max(s["peak_memory_mb"], (s.get("sampling") or {}).get("peak_memory_mb") or 0) for s in parts
+            )
         summary.plan = {**plan, "measured_tensor_peak_mb": measured}
     if dist.is_main():
         run.write_summary(summary.to_dict())

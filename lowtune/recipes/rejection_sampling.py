@@ -19,6 +19,8 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+import torch
+
 from lowtune import data, dist, evaluate, models, rewards, ui
 from lowtune.config import Recipe
 from lowtune.errors import LowtuneError
@@ -64,6 +66,9 @@ def sample(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> dict:
         return earlier[1]
     dist.refuse("rejection sampling")  # one process samples and writes kept.jsonl (as Toolformer's augmentation)
     funcs, _ = rewards.recipe_rewards(recipe.rewards, args.max_completion_length)  # no reward, nothing to accept
+    cuda = placement is not None and placement.device.type == "cuda"
+    if cuda:  # the sampling's peak, apart from the SFT's (training.fit measures that one)
+        torch.cuda.reset_peak_memory_stats(placement.device)
     model, tokenizer = models.load(recipe.model, recipe.lora, say=ui.say, placement=placement)
     prompts = data.load(recipe.data, kind="prompt", system_prompt=recipe.system_prompt())
     k, batch = args.num_generations, args.sampling_batch_size
@@ -85,9 +90,10 @@ def sample(recipe: Recipe, run_dir: RunDir, placement: Placement, args) -> dict:
                           "answer": row["answer"]} for text, _ in chosen]  # fmt: skip
                 advance()
     del model
+    peak = round(torch.cuda.max_memory_allocated(placement.device) / 2**20, 1) if cuda else None
     stats = {"prompts": len(prompts), "generated": len(prompts) * k, "accepted": accepted, "kept": len(rows),
              "keep": args.keep, "rewards": [f.__name__ for f in funcs],
-             "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
+             "seconds": round(time.perf_counter() - began, 1), "peak_memory_mb": peak}  # fmt: skip
     if not rows:
         raise LowtuneError(
             f"rejection sampling kept none of the {stats['generated']} samples of {len(prompts)} prompts: no sample "
