@@ -266,7 +266,8 @@ def main() -> None:
     parser.add_argument("--length-weight", type=float, default=0.1, help="cold_start_grpo_length's length reward")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="recipe overrides for every arm run (a pipeline stage's: stages.2.train.beta=0.04): "
-                        "a tuning study, written under its own --name")  # fmt: skip
+                        "a tuning study, written under its own --name; a second seed needs a stage's train.seed "
+                        "other than its data.seed, which train.seed follows (1 in r1's GRPO stage)")  # fmt: skip
     parser.add_argument("--start-from", metavar="RUN", help="train every arm further from this run's adapter; the "
                         "base arm scores it")  # fmt: skip
     parser.add_argument("--keep-runs", type=Path, metavar="DIR", help="keep the arms' runs here (default: a temporary "
