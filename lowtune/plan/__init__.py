@@ -463,7 +463,7 @@ class _GRPO(_Method):
     @staticmethod
     def generation(trainer, tracker, batch):
         """The peak of generating the whole generation batch: a prefill of the longest prompt, then decode steps
-        on the growing KV cache, traced for two lengths and extrapolated linearly to max_completion_length."""
+        on the growing KV cache up to max_completion_length (`_generation`)."""
         prompt = _template_length(trainer.processing_class, batch[0]["prompt"], generation_prompt=True)
         n, completion = len(batch), trainer.args.max_completion_length
         return _generation(trainer.model, tracker, n, prompt, completion), {
@@ -636,7 +636,7 @@ class Fit:
 def fit(path: Path | None, overrides: list[str], memory_mb: float, device: str | None = None, say=None) -> Fit:
     """The settings under which the recipe at `path` (with `overrides`) fits in `memory_mb` on `device`, as
     further overrides; see the module doc. A pipeline: each stage in turn, its settings under `stages.N.` (gradient
-    checkpointing, a model setting, for every stage once one needs it), then the whole pipeline planned with them."""
+    checkpointing, a model setting, for every stage once one needs it: then the whole pipeline is planned again)."""
     from lowtune.config import load_recipe
 
     recipe = load_recipe(path, overrides)
@@ -645,6 +645,8 @@ def fit(path: Path | None, overrides: list[str], memory_mb: float, device: str |
                     recipe.method, memory_mb)  # fmt: skip
     chosen: list[str] = []
     tried: list[dict[str, Any]] = []
+    plans: list[Plan] = []
+    began = time.perf_counter()
     for n in range(1, len(recipe.stages) + 1):
 
         def planned(extra, n=n, settled=tuple(chosen)):
@@ -654,8 +656,11 @@ def fit(path: Path | None, overrides: list[str], memory_mb: float, device: str |
         found = _fit(planned, stage, f"stages.{n}.", f"stage {n} ({stage.method})", memory_mb)
         chosen += found.overrides
         tried += [{"stage": n, **t} for t in found.tried]
-    whole = plan(load_recipe(path, [*overrides, *chosen]), device, memory_mb, say)
-    return Fit(chosen, whole, tried)
+        plans.append(found.plan)
+    if any(o.startswith("model.") for o in chosen):  # a stage turned checkpointing on for the stages before it too
+        return Fit(chosen, plan(load_recipe(path, [*overrides, *chosen]), device, memory_mb, say), tried)
+    seconds = round(time.perf_counter() - began, 1)
+    return Fit(chosen, PipelinePlan(recipe.model.name, plans[0].device, plans, memory_mb, seconds), tried)
 
 
 def _fit(planned, recipe: Recipe, prefix: str, what: str, memory_mb: float) -> Fit:
