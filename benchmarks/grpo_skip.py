@@ -45,6 +45,7 @@ def r1_stage_recipes(work: Path, sft_steps: int) -> tuple[Path, Path]:
         recipe.pop("stages", None)
         recipe["eval"]["task"] = None
         recipe.pop("budget", None)
+        recipe["train"]["lr_scheduler_type"] = "linear"  # as measured (r1.yaml's stages decayed linearly then)
         if i == 0:
             recipe["train"]["max_steps"] = sft_steps
         else:

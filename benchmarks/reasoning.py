@@ -10,7 +10,8 @@ same `--minutes` of training time (held-out evaluations excluded; rejection samp
 at its recipe's learning rate held constant after warm-up, and is then scored greedily on held-out problems never
 trained on: 4 operands (`--n`, the headline), 3 and 5 operands (`--n-level` each).
 
-Arms (recipes/r1.yaml and recipes/r1-zero.yaml, only the budget changed):
+Arms (recipes/r1.yaml and recipes/r1-zero.yaml, only the budget changed, and with it the problems rejection
+sampling samples: as many as the shipped stage's per minute, RS_MINUTES):
 - base: the base model, asked for the think/answer format by the system prompt (no training);
 - direct_sft: SFT on the answers alone (`<answer>57</answer>`, r1's first stage with `data.traces=false`);
 - cold_start_sft: SFT on worked traces (`<think>14 × 3 = 42. …</think><answer>57</answer>`), r1's first stage;
@@ -20,6 +21,9 @@ Arms (recipes/r1.yaml and recipes/r1-zero.yaml, only the budget changed):
 - cold_start_grpo_length: cold_start_grpo with the cosine length reward at `--length-weight` (the length study);
 - grpo_only, rs_only, grpo_rs: r1's GRPO stage, its rejection-sampling stage, or both (40 : 60, r1's 20 : 30), from
   `--start-from`'s adapter (a study of r1's later stages from one checkpoint).
+
+`--as-shipped` runs r1 (or r1_zero) as its recipe is shipped instead, its own steps and schedule: `lowtune train r1`
+as a user runs it, scored as every arm.
 
 `--start-from RUN` starts every trained arm from that run's adapter, trained further (`lora.start_from`), and the base
 arm scores that adapter: from one cold-start checkpoint, cold_start_sft is SFT continued and grpo_only GRPO instead,
@@ -75,6 +79,10 @@ PLAN = {
     "grpo_rs": ("r1", 1, [0.4, 0.6]),  # r1's GRPO and rejection sampling in r1's proportion (20 : 30)
 }
 FROM_CHECKPOINT = {arm for arm, (_, first, _) in PLAN.items() if first > 0}  # they need a cold start (--start-from)
+AS_SHIPPED = {"r1", "r1_zero"}  # the arms that are a whole shipped recipe (--as-shipped)
+# The minutes r1's rejection-sampling stage takes on a 2-core CPU as shipped (its steps are what 18 minutes made,
+# sampling about half of them: recipes/r1.yaml); a budgeted arm samples problems in proportion to its stage's minutes.
+RS_MINUTES = 18.0
 LEVELS = (2, 3, 4)  # steps per problem: 3, 4 and 5 operands
 DIGITS = yaml.safe_load((ROOT / "recipes" / "r1.yaml").read_text())["data"]["digits"]  # the recipes' problems
 HEADLINE = 3
@@ -84,12 +92,18 @@ _THINK = re.compile(r"<think>(.*?)</think>", re.S)
 # ---------------------------------------------------------------- workers (each in its own process)
 
 
-def recipe_file(arm: str, workdir: Path) -> Path:
-    """The arm's recipe: the shipped one, cut to the arm's stages."""
+def shipped(arm: str) -> dict:
+    """The arm's recipe as shipped, cut to the arm's stages."""
     name, first, shares = PLAN[arm]
     raw = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
     if "stages" in raw:
         raw["stages"] = raw["stages"][first : first + len(shares)]
+    return raw
+
+
+def recipe_file(arm: str, workdir: Path) -> Path:
+    """The arm's recipe: the shipped one, cut to the arm's stages."""
+    raw = shipped(arm)
     path = workdir / f"{arm}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     return path
@@ -101,6 +115,9 @@ def overrides(arm: str, cfg: dict, workdir: Path, pipeline: bool) -> list[str]:
     out = [f"model.name={cfg['model']}", f"output.dir={workdir}", f"output.name={arm}", "output.quiet=true"]
     if cfg.get("start_from"):
         out.append(f"lora.start_from={cfg['start_from']}")
+    if cfg.get("as_shipped"):  # the recipe a user runs: its own steps, schedule and evaluations
+        return out + cfg.get("set", [])
+    stages = shipped(arm).get("stages", [])
     for i, share in enumerate(shares, 1):
         at = f"stages.{i}." if pipeline else ""
         out += [f"{at}eval.n={cfg['n_curve']}", f"{at}eval.max_new_tokens={cfg['max_new_tokens']}",
@@ -109,6 +126,10 @@ def overrides(arm: str, cfg: dict, workdir: Path, pipeline: bool) -> list[str]:
             out.append(f"{at}train.max_steps={max(1, round(cfg['steps'] * share))}")
         else:
             out += [f"{at}budget.minutes={cfg['minutes'] * share:.3f}", f"{at}train.max_steps=100000"]
+            stage = stages[i - 1] if pipeline else {}
+            if stage.get("method") == "rejection_sampling":  # its problems in proportion to its minutes
+                prompts = stage["data"]["n_train"] * cfg["minutes"] * share / RS_MINUTES
+                out.append(f"{at}data.n_train={max(1, round(prompts))}")
         if cfg["eval_every"]:
             out.append(f"{at}eval.every_minutes={cfg['eval_every']}")
     if arm == "direct_sft":
@@ -258,6 +279,9 @@ def main() -> None:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=10.0, help="training minutes per arm (default)")
     budget.add_argument("--steps", type=int, help="optimizer steps per arm instead of minutes (split as the minutes)")
+    budget.add_argument("--as-shipped", action="store_true", help="the r1 or r1_zero arm as its recipe is shipped (its "
+                        "own steps, learning-rate schedule and evaluations: `lowtune train r1` as a user runs it), "
+                        "then scored as every arm")  # fmt: skip
     parser.add_argument("--eval-every", type=float, help="minutes between curve evaluations (default: budget/4)")
     parser.add_argument("--n", type=int, default=100, help="held-out 4-operand problems (the headline)")
     parser.add_argument("--n-level", type=int, default=50, help="held-out 3- and 5-operand problems each")
@@ -308,8 +332,10 @@ def main() -> None:
 
     arms = args.only or [arm for arm in ARMS if arm not in FROM_CHECKPOINT]
     cfg: dict[str, Any] = {
-        "model": args.model, "minutes": None if args.steps else args.minutes, "steps": args.steps,
-        "eval_every": args.eval_every if args.eval_every is not None else (None if args.steps else args.minutes / 4),
+        "model": args.model, "minutes": None if args.steps or args.as_shipped else args.minutes, "steps": args.steps,
+        "as_shipped": args.as_shipped,
+        "eval_every": args.eval_every if args.eval_every is not None
+        else (None if args.steps or args.as_shipped else args.minutes / 4),
         "n": args.n, "n_level": args.n_level, "n_curve": args.n_curve, "max_new_tokens": args.max_new_tokens,
         "levels": list(LEVELS), "digits": DIGITS, "batch_size": 50, "length_weight": args.length_weight,
         "quick": args.quick, "set": args.set, "start_from": args.start_from,
@@ -317,6 +343,9 @@ def main() -> None:
     if args.keep_runs and args.keep_runs.exists() and any(args.keep_runs.iterdir()):
         parser.error(f"--keep-runs {args.keep_runs} is not empty: give a new directory (the arms' recipes and runs go "
                      "there, under the arms' names)")  # fmt: skip
+    if args.as_shipped and set(arms) - AS_SHIPPED:
+        parser.error(f"--as-shipped runs a whole recipe as shipped: the arms {', '.join(sorted(AS_SHIPPED))}, not "
+                     f"{', '.join(sorted(set(arms) - AS_SHIPPED))} (give them with --only)")  # fmt: skip
     if FROM_CHECKPOINT.intersection(arms) and not args.start_from:
         parser.error(f"the arms {', '.join(sorted(FROM_CHECKPOINT.intersection(arms)))} train r1's later stages from a "
                      "cold start: give them one with --start-from RUN")  # fmt: skip
@@ -324,7 +353,8 @@ def main() -> None:
         cfg |= {"minutes": None, "steps": 2, "n": 2, "n_level": 2, "max_new_tokens": 8}
     if args.model in builtin.BUILTINS:
         builtin.ensure(args.model, ui.say)  # converted once, before any timing
-    what = f"{cfg['steps']} steps" if cfg["steps"] else f"{cfg['minutes']:g} min"
+    what = ("the recipe's own steps" if args.as_shipped else f"{cfg['steps']} steps" if cfg["steps"]
+            else f"{cfg['minutes']:g} min")  # fmt: skip
     ui.say(f"{len(arms)} arms on {args.model}, {what} of training each; held-out n={cfg['n']} (4 operands)")
 
     report: dict[str, Any] = {"benchmark": "reasoning", "machine": machine_info(), "settings": cfg, "arms": {}}
@@ -376,8 +406,11 @@ def write(stem: Path, report: dict) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     s = report["settings"]
-    budget = f"{s['steps']} optimizer steps" if s["steps"] else f"{s['minutes']:g} min of training"
+    budget = ("each recipe as shipped (its own steps)" if s.get("as_shipped") else f"{s['steps']} optimizer steps"
+              if s["steps"] else f"{s['minutes']:g} min of training")  # fmt: skip
     budget += f", every recipe with {', '.join(s['set'])}" if s.get("set") else ""
+    schedule = ("each stage at its recipe's learning-rate schedule" if s.get("as_shipped")
+                else "learning rate constant after warm-up")  # fmt: skip
     reference = report.get("reference_think_tokens")
     sources: dict[str, list[str]] = {}
     for arm, r in report["arms"].items():
@@ -385,7 +418,7 @@ def write(stem: Path, report: dict) -> None:
             sources.setdefault(r["measured_in"], []).append(arm)
     lines = [
         f"Machine: {describe(report['machine'])}. Budget: {budget} per arm (rejection sampling's sampling counted), "
-        f"learning rate constant after warm-up. Held-out multi-step problems with {s['digits']}-digit numbers, "
+        f"{schedule}. Held-out multi-step problems with {s['digits']}-digit numbers, "
         f"greedy: n={s['n']} with 4 operands, n={s['n_level']} with 3 and with 5. Think tokens: inside `<think>`, "
         "of the replies that have one"
         + (

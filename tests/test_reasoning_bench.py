@@ -45,10 +45,32 @@ def test_each_arm_is_its_shipped_recipe_cut_to_its_stages_with_the_budget_shared
     rs = load_recipe(reasoning.recipe_file("rs_only", tmp_path),
                      reasoning.overrides("rs_only", cfg | {"start_from": "runs/cold"}, tmp_path, True))  # fmt: skip
     assert [s.method for s in rs.stages] == ["rejection_sampling"]
-    assert rs.stages[0].recipe.data == r1.stages[2].recipe.data  # r1's own rejection-sampling problems
+    shipped = load_recipe(ROOT / "recipes" / "r1.yaml").stages[2].recipe.data
+    assert rs.stages[0].recipe.data.seed == shipped.seed  # r1's own rejection-sampling problems,
+    # as many as its shipped 18 minutes sample, in proportion to the arm's minutes (12 here; r1's share 0.3 of 12)
+    assert rs.stages[0].recipe.data.n_train == round(shipped.n_train * 12 / reasoning.RS_MINUTES)
+    assert r1.stages[2].recipe.data.n_train == round(shipped.n_train * 3.6 / reasoning.RS_MINUTES)
+    assert tail.stages[1].recipe.data.n_train == round(shipped.n_train * 7.2 / reasoning.RS_MINUTES)
+    chosen = load_recipe(reasoning.recipe_file("rs_only", tmp_path), reasoning.overrides(
+        "rs_only", cfg | {"start_from": "runs/cold", "set": ["stages.1.data.n_train=7"]}, tmp_path, True))  # fmt: skip
+    assert chosen.stages[0].recipe.data.n_train == 7  # --set has the last word
     zero = load_recipe(ROOT / "recipes" / "r1-zero.yaml")
     assert zero.method == "grpo" and "<think>" in zero.system_prompt()  # the format asked for, no cold start
     assert yaml.safe_load((ROOT / "recipes" / "r1.yaml").read_text())["data"]["system_prompt"] is None
+
+
+def test_as_shipped_runs_the_recipe_a_user_runs(tmp_path):
+    cfg = {"model": "smollm2-135m-instruct", "minutes": None, "steps": None, "eval_every": None, "n_curve": 50,
+           "max_new_tokens": 96, "as_shipped": True}  # fmt: skip
+    ran = load_recipe(reasoning.recipe_file("r1", tmp_path), reasoning.overrides("r1", cfg, tmp_path, True))
+    user = load_recipe(ROOT / "recipes" / "r1.yaml")
+    for a, b in zip(ran.stages, user.stages, strict=True):
+        assert a.recipe.train == b.recipe.train and a.recipe.data == b.recipe.data and a.recipe.eval == b.recipe.eval
+        assert a.recipe.budget == b.recipe.budget
+    assert ran.output.dir == str(tmp_path) and ran.model.name == user.model.name
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reasoning.py"), "--as-shipped", "--only",
+                          "cold_start_sft", "--out", str(tmp_path)], capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "--as-shipped runs a whole recipe" in bad.stderr and "cold_start_sft" in bad.stderr
 
 
 def test_the_minutes_count_sampling_and_the_curve_runs_across_stages():
