@@ -8,7 +8,7 @@ A group of completions that all scored the same has advantage 0 everywhere; with
 (lowtune.recipes.grpo). Two cases, each run twice from the same seed, skip on and skip off:
 
 - `r1 GRPO stage`: the GRPO stage of `recipes/r1.yaml` continuing a cold start (the recipe's own SFT stage,
-  `--sft-steps` steps), multi-step arithmetic;
+  `--sft-steps` steps), multi-step arithmetic, both at the linear learning-rate schedule they were measured with;
 - `grpo recipe`: the shipped `grpo` recipe (2-digit addition) from the base model.
 
 Reported per case and arm: seconds per step (from the second step on, so the first step's warm-up is left out),

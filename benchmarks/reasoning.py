@@ -2,6 +2,7 @@
 
     python benchmarks/reasoning.py                      # 10 min of training per arm (about 1 h 30 on 2 cores)
     python benchmarks/reasoning.py --minutes 20 --only cold_start_sft r1
+    python benchmarks/reasoning.py --as-shipped --n 500  # `lowtune train r1` as shipped, scored (about 50 min)
     python benchmarks/reasoning.py --quick --model tiny-random   # the harness test (tests/test_reasoning_bench.py)
 
 Task: the builtin multistep problems ("What is 8 + 4 × 3 × 3?"), trained on 4 operands of one digit (the recipes'
@@ -10,8 +11,8 @@ same `--minutes` of training time (held-out evaluations excluded; rejection samp
 at its recipe's learning rate held constant after warm-up, and is then scored greedily on held-out problems never
 trained on: 4 operands (`--n`, the headline), 3 and 5 operands (`--n-level` each).
 
-Arms (recipes/r1.yaml and recipes/r1-zero.yaml, only the budget changed, and with it the problems rejection
-sampling samples: as many as the shipped stage's per minute, RS_MINUTES):
+Arms (recipes/r1.yaml and recipes/r1-zero.yaml, only the budget changed, and with a budget in minutes the problems
+rejection sampling samples: as many per minute as the shipped stage's, RS_MINUTES):
 - base: the base model, asked for the think/answer format by the system prompt (no training);
 - direct_sft: SFT on the answers alone (`<answer>57</answer>`, r1's first stage with `data.traces=false`);
 - cold_start_sft: SFT on worked traces (`<think>14 × 3 = 42. …</think><answer>57</answer>`), r1's first stage;
@@ -31,7 +32,8 @@ each for `--minutes` (`--keep-runs DIR` keeps the runs, the checkpoint among the
 
 Per arm: held-out accuracy, format adherence (replies exactly `<think>…</think><answer>…</answer>`), mean think length
 (tokens inside `<think>`, of the replies that have one) and reply length, each per number of operands; training
-minutes and steps per stage; the accuracy-vs-minutes curve (the recipe's periodic evaluations, `--n-curve` problems);
+minutes and steps per stage; the accuracy-vs-minutes curve (the recipe's periodic evaluations, `--n-curve` problems;
+with `--as-shipped` the recipe's own);
 GRPO's per-step completion length and rewards. Writes benchmarks/results/reasoning.{json,md,png}.
 """
 
@@ -80,8 +82,9 @@ PLAN = {
 }
 FROM_CHECKPOINT = {arm for arm, (_, first, _) in PLAN.items() if first > 0}  # they need a cold start (--start-from)
 AS_SHIPPED = {"r1", "r1_zero"}  # the arms that are a whole shipped recipe (--as-shipped)
-# The minutes r1's rejection-sampling stage takes on a 2-core CPU as shipped (its steps are what 18 minutes made,
-# sampling about half of them: recipes/r1.yaml); a budgeted arm samples problems in proportion to its stage's minutes.
+# The minutes r1's rejection-sampling stage takes on a 2-core CPU as shipped (its problems and steps are what 18
+# minutes sampled and trained in the study, sampling about half: recipes/r1.yaml); an arm budgeted in minutes samples
+# problems in proportion to its stage's minutes, at the shipped stage's rate (`rs_problems_per_minute` in settings).
 RS_MINUTES = 18.0
 LEVELS = (2, 3, 4)  # steps per problem: 3, 4 and 5 operands
 DIGITS = yaml.safe_load((ROOT / "recipes" / "r1.yaml").read_text())["data"]["digits"]  # the recipes' problems
@@ -99,6 +102,12 @@ def shipped(arm: str) -> dict:
     if "stages" in raw:
         raw["stages"] = raw["stages"][first : first + len(shares)]
     return raw
+
+
+def rs_problems_per_minute() -> float:
+    """The problems r1's rejection-sampling stage samples per minute of its stage, as shipped (RS_MINUTES)."""
+    stages = yaml.safe_load((ROOT / "recipes" / "r1.yaml").read_text())["stages"]
+    return next(s for s in stages if s["method"] == "rejection_sampling")["data"]["n_train"] / RS_MINUTES
 
 
 def recipe_file(arm: str, workdir: Path) -> Path:
@@ -127,8 +136,8 @@ def overrides(arm: str, cfg: dict, workdir: Path, pipeline: bool) -> list[str]:
         else:
             out += [f"{at}budget.minutes={cfg['minutes'] * share:.3f}", f"{at}train.max_steps=100000"]
             stage = stages[i - 1] if pipeline else {}
-            if stage.get("method") == "rejection_sampling":  # its problems in proportion to its minutes
-                prompts = stage["data"]["n_train"] * cfg["minutes"] * share / RS_MINUTES
+            if stage.get("method") == "rejection_sampling" and cfg.get("rs_problems_per_minute"):
+                prompts = cfg["rs_problems_per_minute"] * cfg["minutes"] * share  # in proportion to its minutes
                 out.append(f"{at}data.n_train={max(1, round(prompts))}")
         if cfg["eval_every"]:
             out.append(f"{at}eval.every_minutes={cfg['eval_every']}")
@@ -285,7 +294,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=float, help="minutes between curve evaluations (default: budget/4)")
     parser.add_argument("--n", type=int, default=100, help="held-out 4-operand problems (the headline)")
     parser.add_argument("--n-level", type=int, default=50, help="held-out 3- and 5-operand problems each")
-    parser.add_argument("--n-curve", type=int, default=50, help="held-out 4-operand problems per curve point")
+    parser.add_argument("--n-curve", type=int, help="held-out 4-operand problems per curve point (default 50)")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--length-weight", type=float, default=0.1, help="cold_start_grpo_length's length reward")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
@@ -330,13 +339,17 @@ def main() -> None:
 
     from lowtune import builtin, ui
 
-    arms = args.only or [arm for arm in ARMS if arm not in FROM_CHECKPOINT]
+    if args.as_shipped and (args.eval_every is not None or args.n_curve is not None):
+        parser.error("--as-shipped evaluates as the recipe does (its eval section): --eval-every and --n-curve do not "
+                     "apply; change the recipe's eval with --set stages.N.eval.KEY=VALUE")  # fmt: skip
+    arms = args.only or (["r1"] if args.as_shipped else [arm for arm in ARMS if arm not in FROM_CHECKPOINT])
+    minutes = None if args.steps or args.as_shipped else args.minutes
     cfg: dict[str, Any] = {
-        "model": args.model, "minutes": None if args.steps or args.as_shipped else args.minutes, "steps": args.steps,
-        "as_shipped": args.as_shipped,
-        "eval_every": args.eval_every if args.eval_every is not None
-        else (None if args.steps or args.as_shipped else args.minutes / 4),
-        "n": args.n, "n_level": args.n_level, "n_curve": args.n_curve, "max_new_tokens": args.max_new_tokens,
+        "model": args.model, "minutes": minutes, "steps": args.steps, "as_shipped": args.as_shipped,
+        "eval_every": args.eval_every if args.eval_every is not None else (minutes / 4 if minutes else None),
+        "rs_problems_per_minute": round(rs_problems_per_minute(), 2) if minutes else None,
+        "n": args.n, "n_level": args.n_level, "n_curve": None if args.as_shipped else args.n_curve or 50,
+        "max_new_tokens": args.max_new_tokens,
         "levels": list(LEVELS), "digits": DIGITS, "batch_size": 50, "length_weight": args.length_weight,
         "quick": args.quick, "set": args.set, "start_from": args.start_from,
     }  # fmt: skip
@@ -350,11 +363,11 @@ def main() -> None:
         parser.error(f"the arms {', '.join(sorted(FROM_CHECKPOINT.intersection(arms)))} train r1's later stages from a "
                      "cold start: give them one with --start-from RUN")  # fmt: skip
     if args.quick:  # every arm briefly, every code path (periodic evaluation included) exercised
-        cfg |= {"minutes": None, "steps": 2, "n": 2, "n_level": 2, "max_new_tokens": 8}
+        cfg |= {"minutes": None, "steps": 2, "n": 2, "n_level": 2, "max_new_tokens": 8, "rs_problems_per_minute": None}
     if args.model in builtin.BUILTINS:
         builtin.ensure(args.model, ui.say)  # converted once, before any timing
-    what = ("the recipe's own steps" if args.as_shipped else f"{cfg['steps']} steps" if cfg["steps"]
-            else f"{cfg['minutes']:g} min")  # fmt: skip
+    what = ("the recipe's own steps" if args.as_shipped and not args.quick else f"{cfg['steps']} steps"
+            if cfg["steps"] else f"{cfg['minutes']:g} min")  # fmt: skip
     ui.say(f"{len(arms)} arms on {args.model}, {what} of training each; held-out n={cfg['n']} (4 operands)")
 
     report: dict[str, Any] = {"benchmark": "reasoning", "machine": machine_info(), "settings": cfg, "arms": {}}
@@ -406,7 +419,8 @@ def write(stem: Path, report: dict) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     s = report["settings"]
-    budget = ("each recipe as shipped (its own steps)" if s.get("as_shipped") else f"{s['steps']} optimizer steps"
+    shipped_steps = s.get("as_shipped") and not s.get("quick")
+    budget = ("each recipe as shipped (its own steps)" if shipped_steps else f"{s['steps']} optimizer steps"
               if s["steps"] else f"{s['minutes']:g} min of training")  # fmt: skip
     budget += f", every recipe with {', '.join(s['set'])}" if s.get("set") else ""
     schedule = ("each stage at its recipe's learning-rate schedule" if s.get("as_shipped")
@@ -459,7 +473,8 @@ def write(stem: Path, report: dict) -> None:
         if steps and "think_tokens" in steps[0]:  # GRPO's logged think length, step by step
             ax2.plot(range(1, len(steps) + 1), [s["think_tokens"] for s in steps], label=arm, color=color[arm])
     ax1.set_xlabel("training minutes (evaluations excluded)")
-    ax1.set_ylabel(f"held-out accuracy, 4 operands (n={s['n_curve']})")
+    ax1.set_ylabel(f"held-out accuracy, 4 operands (n={s['n_curve']})" if not s.get("as_shipped")
+                   else "held-out accuracy, 4 operands (the recipe's evaluations)")  # fmt: skip
     if ax1.lines:  # a report of the base arm alone has no curve
         ax1.legend(fontsize=7)
     ax2.set_xlabel("GRPO step")

@@ -18,7 +18,7 @@ from lowtune.config import load_recipe  # noqa: E402
 
 def test_each_arm_is_its_shipped_recipe_cut_to_its_stages_with_the_budget_shared_out(tmp_path):
     cfg = {"model": "smollm2-135m-instruct", "minutes": 12.0, "steps": None, "eval_every": 3.0, "n_curve": 50,
-           "max_new_tokens": 96, "length_weight": 0.1}  # fmt: skip
+           "max_new_tokens": 96, "length_weight": 0.1, "rs_problems_per_minute": reasoning.rs_problems_per_minute()}
     for arm, (name, _, shares) in reasoning.PLAN.items():
         path = reasoning.recipe_file(arm, tmp_path)
         recipe = load_recipe(path, reasoning.overrides(arm, cfg, tmp_path, name == "r1"))
@@ -45,12 +45,20 @@ def test_each_arm_is_its_shipped_recipe_cut_to_its_stages_with_the_budget_shared
     rs = load_recipe(reasoning.recipe_file("rs_only", tmp_path),
                      reasoning.overrides("rs_only", cfg | {"start_from": "runs/cold"}, tmp_path, True))  # fmt: skip
     assert [s.method for s in rs.stages] == ["rejection_sampling"]
-    shipped = load_recipe(ROOT / "recipes" / "r1.yaml").stages[2].recipe.data
+    user = load_recipe(ROOT / "recipes" / "r1.yaml")
+    shipped = user.stages[2].recipe.data
     assert rs.stages[0].recipe.data.seed == shipped.seed  # r1's own rejection-sampling problems,
     # as many as its shipped 18 minutes sample, in proportion to the arm's minutes (12 here; r1's share 0.3 of 12)
     assert rs.stages[0].recipe.data.n_train == round(shipped.n_train * 12 / reasoning.RS_MINUTES)
     assert r1.stages[2].recipe.data.n_train == round(shipped.n_train * 3.6 / reasoning.RS_MINUTES)
     assert tail.stages[1].recipe.data.n_train == round(shipped.n_train * 7.2 / reasoning.RS_MINUTES)
+    for i in (0, 1):  # the other stages' problems as shipped
+        assert r1.stages[i].recipe.data.n_train == user.stages[i].recipe.data.n_train
+    assert only.stages[0].recipe.data.n_train == user.stages[1].recipe.data.n_train
+    steps = load_recipe(reasoning.recipe_file("r1", tmp_path), reasoning.overrides(
+        "r1", cfg | {"minutes": None, "steps": 20, "rs_problems_per_minute": None}, tmp_path, True))  # fmt: skip
+    assert [s.recipe.train["max_steps"] for s in steps.stages] == [10, 4, 6]  # a budget in steps: r1's 50 : 20 : 30
+    assert steps.stages[2].recipe.data == shipped  # and the shipped problems
     chosen = load_recipe(reasoning.recipe_file("rs_only", tmp_path), reasoning.overrides(
         "rs_only", cfg | {"start_from": "runs/cold", "set": ["stages.1.data.n_train=7"]}, tmp_path, True))  # fmt: skip
     assert chosen.stages[0].recipe.data.n_train == 7  # --set has the last word
@@ -59,7 +67,7 @@ def test_each_arm_is_its_shipped_recipe_cut_to_its_stages_with_the_budget_shared
     assert yaml.safe_load((ROOT / "recipes" / "r1.yaml").read_text())["data"]["system_prompt"] is None
 
 
-def test_as_shipped_runs_the_recipe_a_user_runs(tmp_path):
+def test_as_shipped_runs_the_recipe_a_user_runs(tmp_path, monkeypatch, capsys):
     cfg = {"model": "smollm2-135m-instruct", "minutes": None, "steps": None, "eval_every": None, "n_curve": 50,
            "max_new_tokens": 96, "as_shipped": True}  # fmt: skip
     ran = load_recipe(reasoning.recipe_file("r1", tmp_path), reasoning.overrides("r1", cfg, tmp_path, True))
@@ -68,9 +76,15 @@ def test_as_shipped_runs_the_recipe_a_user_runs(tmp_path):
         assert a.recipe.train == b.recipe.train and a.recipe.data == b.recipe.data and a.recipe.eval == b.recipe.eval
         assert a.recipe.budget == b.recipe.budget
     assert ran.output.dir == str(tmp_path) and ran.model.name == user.model.name
-    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reasoning.py"), "--as-shipped", "--only",
-                          "cold_start_sft", "--out", str(tmp_path)], capture_output=True, text=True)  # fmt: skip
-    assert bad.returncode == 2 and "--as-shipped runs a whole recipe" in bad.stderr and "cold_start_sft" in bad.stderr
+
+    for extra, said in ((["--only", "cold_start_sft"], "--as-shipped runs a whole recipe as shipped"),
+                        (["--n-curve", "20"], "--as-shipped evaluates as the recipe does")):  # fmt: skip
+        argv = ["reasoning.py", "--as-shipped", *extra, "--model", "tiny-random", "--out", str(tmp_path)]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit):
+            reasoning.main()
+        assert said in capsys.readouterr().err
+    assert not any(tmp_path.glob("*.json"))
 
 
 def test_the_minutes_count_sampling_and_the_curve_runs_across_stages():
@@ -158,6 +172,9 @@ def test_set_overrides_every_arm_and_merge_brings_arms_of_the_same_settings_toge
     assert "--start-from" not in table
     reasoning.write(stem, {**report, "settings": {**settings, "start_from": "runs/cold"}})  # arms from a checkpoint
     assert "Every arm continues the adapter of `runs/cold` (`--start-from`)" in stem.with_suffix(".md").read_text()
+    reasoning.write(stem, {**report, "settings": {**settings, "minutes": None, "as_shipped": True, "n_curve": None}})
+    table = stem.with_suffix(".md").read_text()
+    assert "each recipe as shipped (its own steps)" in table and "its recipe's learning-rate schedule" in table
 
 
 def test_the_later_stage_arms_refuse_to_run_without_a_cold_start(tmp_path, monkeypatch, capsys):
