@@ -17,8 +17,9 @@ from lowtune.config import load_recipe  # noqa: E402
 
 
 def test_each_arm_is_its_shipped_recipe_cut_to_its_stages_with_the_budget_shared_out(tmp_path):
+    rate = reasoning.rs_problems_per_minute()
     cfg = {"model": "smollm2-135m-instruct", "minutes": 12.0, "steps": None, "eval_every": 3.0, "n_curve": 50,
-           "max_new_tokens": 96, "length_weight": 0.1, "rs_problems_per_minute": reasoning.rs_problems_per_minute()}
+           "max_new_tokens": 96, "length_weight": 0.1, "rs_problems_per_minute": rate}  # fmt: skip
     for arm, (name, _, shares) in reasoning.PLAN.items():
         path = reasoning.recipe_file(arm, tmp_path)
         recipe = load_recipe(path, reasoning.overrides(arm, cfg, tmp_path, name == "r1"))
