@@ -106,8 +106,8 @@ def shipped(arm: str) -> dict:
 
 def rs_problems_per_minute() -> float:
     """The problems r1's rejection-sampling stage samples per minute of its stage, as shipped (RS_MINUTES)."""
-    stages = yaml.safe_load((ROOT / "recipes" / "r1.yaml").read_text())["stages"]
-    return next(s for s in stages if s["method"] == "rejection_sampling")["data"]["n_train"] / RS_MINUTES
+    stage = next(s for s in shipped("r1")["stages"] if s["method"] == "rejection_sampling")
+    return stage["data"]["n_train"] / RS_MINUTES
 
 
 def recipe_file(arm: str, workdir: Path) -> Path:
