@@ -380,3 +380,61 @@ def require_safetensors(adapter_dir: Path) -> None:
             f.keys()
     except (OSError, SafetensorError) as e:
         raise LowtuneError(f"{weights} is damaged ({_first_line(e)}); train the adapter again") from None
+
+
+def _foldable_lora_layers(model) -> list:
+    """The LoRA layers of `model` whose adapter folds exactly into a copy of the base weight (W + B A scale):
+    plain LoRA on full-precision nn.Linear, one active adapter, no dropout in effect, not merged already. Empty when
+    any LoRA layer is not such a one (quantized, DoRA, a LoRA bias, several adapters): nothing is folded then."""
+    try:
+        from peft import PeftModel
+        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora.layer import Linear
+    except ImportError:
+        return []
+    if not isinstance(model, PeftModel):
+        return []
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        adapters = layer.active_adapters
+        if type(layer) is not Linear or len(adapters) != 1 or layer.merged or layer.lora_variant:
+            return []
+        (name,) = adapters
+        dropout = layer.lora_dropout[name]
+        if name not in layer.lora_A or layer.lora_bias[name] or (dropout.training and getattr(dropout, "p", 0) > 0):
+            return []
+        if not layer.get_base_layer().weight.dtype.is_floating_point:
+            return []
+    return layers
+
+
+@contextlib.contextmanager
+def folded_lora(model, enabled: bool | None = None):
+    """Generate with the LoRA adapter folded into the weights: the adapter's layers run as one matmul each instead
+    of three, which makes CPU decoding faster (benchmarks/results/folded_generation.md). The folded weights are
+    new tensors; the base's own are put back untouched afterwards, and the adapter is not changed.
+
+    `enabled`: None folds on CPU only (a folded copy of the adapted weights lives while generating; on a GPU that
+    memory and the speed are not measured yet), True wherever it can, False never. A model that cannot fold exactly
+    (`_foldable_lora_layers`) generates as it is."""
+    import torch
+
+    layers = _foldable_lora_layers(model) if enabled is not False else []
+    if enabled is None and layers and layers[0].get_base_layer().weight.device.type != "cpu":
+        layers = []
+    if not layers:
+        yield model
+        return
+    originals = []
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                base = layer.get_base_layer()
+                (name,) = layer.active_adapters
+                originals.append((base, base.weight.data))
+                base.weight.data = base.weight.data + layer.get_delta_weight(name).to(base.weight.dtype)
+        with model.disable_adapter():
+            yield model
+    finally:
+        for base, weight in originals:
+            base.weight.data = weight

@@ -197,3 +197,25 @@ def test_completions_without_signal_leave_the_loss_pass_and_the_gradient_as_it_i
         setattr(trainer, setting, value)  # a KL term, or a normalizer that counts the rows present
         assert not grpo.skips_exactly(trainer), setting
         setattr(trainer, setting, original)
+
+
+@pytest.mark.parametrize("setting, folds", [(None, True), ("false", False)])
+def test_grpo_samples_with_the_adapter_folded_on_cpu_unless_turned_off(tmp_path, monkeypatch, setting, folds):
+    import contextlib
+
+    from peft.tuners.lora import LoraLayer
+
+    from lowtune import models
+
+    folded, fold = [], models.folded_lora
+
+    @contextlib.contextmanager
+    def spy(model, enabled=None):
+        with fold(model, enabled):  # folded: the LoRA layers are off, their adapter in the weights
+            folded.append(next(m for m in model.modules() if isinstance(m, LoraLayer)).disable_adapters)
+            yield model
+
+    monkeypatch.setattr(models, "folded_lora", spy)
+    overrides = [f"train.folded_generation={setting}"] if setting else []
+    run, summary = recipes.train(grpo_recipe(tmp_path, "eval.task=null", *overrides))
+    assert summary["steps"] == 2 and folded == [folds] * 2  # one generation batch a step

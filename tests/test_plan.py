@@ -229,12 +229,12 @@ def test_rejection_sampling_plans_its_sampling_without_the_optimizer(tmp_path, m
     from lowtune.recipes import rejection_sampling
     from lowtune.runs import RunDir
 
-    many = load_recipe(None, [*SAMPLING, "train.sampling_batch_size=4", "train.num_generations=32"])
+    many = load_recipe(None, [*SAMPLING, "train.sampling_batch_size=4", "train.num_generations=40"])
     predicted = plan.plan(many, device="cpu")
-    assert predicted.settings["peak_phase"] == "generation" and predicted.settings["sampling_batch"] == 4 * 32
+    assert predicted.settings["peak_phase"] == "generation" and predicted.settings["sampling_batch"] == 4 * 40
     names = [p.name for p in predicted.parts]
     assert "optimizer states" not in names and "generation: KV cache and logits" in names
-    fewer = plan.plan(load_recipe(None, [*SAMPLING, "train.sampling_batch_size=2", "train.num_generations=32"]),
+    fewer = plan.plan(load_recipe(None, [*SAMPLING, "train.sampling_batch_size=2", "train.num_generations=40"]),
                       device="cpu")  # fmt: skip
     assert fewer.tensor_peak_mb < predicted.tensor_peak_mb
 
@@ -258,7 +258,7 @@ def test_rejection_sampling_plans_its_sampling_without_the_optimizer(tmp_path, m
 
     # --fit samples fewer prompts at once, the most that fit: here 3, whose sampling plans less than the SFT step
     # that 2 plan (the step's peak is the same for any sampling), 4 being over it
-    found = plan.fit(None, [*SAMPLING, "train.sampling_batch_size=4", "train.num_generations=32"],
+    found = plan.fit(None, [*SAMPLING, "train.sampling_batch_size=4", "train.num_generations=40"],
                      fewer.total_mb + 0.5, device="cpu")  # fmt: skip
     assert "peak_phase" not in fewer.settings and fewer.settings["generation_peak_mb"] < fewer.tensor_peak_mb
     assert found.overrides == ["train.sampling_batch_size=3"] and found.plan.fits

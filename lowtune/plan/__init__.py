@@ -466,7 +466,8 @@ class _GRPO(_Method):
         on the growing KV cache up to max_completion_length (`_generation`)."""
         prompt = _template_length(trainer.processing_class, batch[0]["prompt"], generation_prompt=True)
         n, completion = len(batch), trainer.args.max_completion_length
-        return _generation(trainer.model, tracker, n, prompt, completion), {
+        fold = getattr(trainer.args, "folded_generation", False)  # lowtune's GRPO: the adapter folded (on CPU)
+        return _generation(trainer.model, tracker, n, prompt, completion, fold), {
             "num_generations": trainer.args.num_generations,
             "generation_batch": n,
             "prompt_tokens": prompt,
@@ -474,15 +475,16 @@ class _GRPO(_Method):
         }
 
 
-def _generation(model, tracker: PeakTracker, n: int, prompt: int, new: int) -> int:
+def _generation(model, tracker: PeakTracker, n: int, prompt: int, new: int, fold: bool | None = False) -> int:
     """The tracker's peak (with what it already holds) over generating `new` tokens for `n` sequences after a prompt
     of `prompt` tokens, as transformers' generate runs it: a prefill, then one token a step on the growing KV cache,
     logits of the last token only. The larger of the prefill's peak and the last step's, the latter extrapolated
-    linearly from the peaks of decode steps 3 and 4 (each step's is the cache so far plus that step's temporaries)."""
+    linearly from the peaks of decode steps 3 and 4 (each step's is the cache so far plus that step's temporaries).
+    `fold`: as `models.folded_lora` takes it, the folded weights held throughout (evaluate.generate folds: None)."""
     sub = PeakTracker(tracker.block)
     sub.current = sub.peak = tracker.current
     steps = []
-    with torch.no_grad(), sub:
+    with torch.no_grad(), sub, models.folded_lora(model, fold):
         out = model(input_ids=torch.zeros(n, prompt, dtype=torch.long), use_cache=True, logits_to_keep=1)
         cache, prefill = out.past_key_values, sub.peak
         for _ in range(min(new, 4)):
@@ -587,7 +589,7 @@ class _RejectionSampling(_Method):
     @staticmethod
     def generation(trainer, tracker, batch):
         s, new = trainer.planned_sampling, trainer.args.max_completion_length
-        return _generation(trainer.model, tracker, s["sequences"], s["prompt_tokens"], new), {
+        return _generation(trainer.model, tracker, s["sequences"], s["prompt_tokens"], new, None), {
             "num_generations": trainer.args.num_generations,
             "sampling_batch_size": trainer.args.sampling_batch_size,
             "sampling_batch": s["sequences"],

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 
-from lowtune import rewards, training
+from lowtune import models, rewards, training
 from lowtune.config import Recipe
 from lowtune.placement import Placement
 from lowtune.results import RunSummary
@@ -87,7 +87,12 @@ def trainer_class():
     from trl import GRPOTrainer
 
     class SkippingGRPOTrainer(GRPOTrainer):
-        """TRL's GRPOTrainer whose loss pass leaves out the completions without signal where that is exact."""
+        """TRL's GRPOTrainer whose loss pass leaves out the completions without signal where that is exact, and
+        which samples with the adapter folded into the weights where it can (`train.folded_generation`)."""
+
+        def _generate_single_turn(self, *args, **kwargs):
+            with models.folded_lora(self.model, getattr(self.args, "folded_generation", False)):
+                return super()._generate_single_turn(*args, **kwargs)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if getattr(self.args, "skip_zero_advantage", False) and model.training and skips_exactly(self):
