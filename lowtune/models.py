@@ -384,8 +384,9 @@ def require_safetensors(adapter_dir: Path) -> None:
 
 def _foldable_lora_layers(model) -> list:
     """The LoRA layers of `model` whose adapter folds exactly into a copy of the base weight (W + B A scale):
-    plain LoRA on full-precision nn.Linear, one active adapter, no dropout in effect, not merged already. Empty when
-    any LoRA layer is not such a one (quantized, DoRA, a LoRA bias, several adapters): nothing is folded then."""
+    plain LoRA on full-precision nn.Linear, one active adapter, switched on, no dropout in effect, not merged already.
+    Empty when any LoRA layer is not such a one (quantized, DoRA, a LoRA bias, several adapters active, the adapter
+    off): nothing is folded then."""
     try:
         from peft import PeftModel
         from peft.tuners.lora import LoraLayer
@@ -398,6 +399,8 @@ def _foldable_lora_layers(model) -> list:
     for layer in layers:
         adapters = layer.active_adapters
         if type(layer) is not Linear or len(adapters) != 1 or layer.merged or layer.lora_variant:
+            return []
+        if layer.disable_adapters:  # the adapter is off (a reference pass, or folded already): nothing to fold
             return []
         (name,) = adapters
         dropout = layer.lora_dropout[name]

@@ -35,11 +35,12 @@ def test_folded_model_is_the_adapted_model_and_the_base_comes_back_untouched(tin
             plain_logits = model(ids).logits
     assert not torch.allclose(adapted_logits, plain_logits, atol=1e-3)  # the adapter changes the model
     before = {n: (p.data_ptr(), p.detach().clone()) for n, p in base_weights(model).items()}
+    foldable = len(models._foldable_lora_layers(model))
     with torch.no_grad(), models.folded_lora(model, True):
         folded_logits = model(ids).logits
         changed = [n for n, p in base_weights(model).items() if p.data_ptr() != before[n][0]]
         assert changed and all(".base_layer." in n for n in changed)  # folded into new tensors, not in place
-        assert len(changed) == len(models._foldable_lora_layers(model))
+        assert len(changed) == foldable == 14  # 7 linear layers in each of tiny-random's 2 blocks
     assert torch.allclose(folded_logits, adapted_logits, atol=1e-5, rtol=1e-5)
     for n, p in base_weights(model).items():  # the same tensors, bit for bit
         assert p.data_ptr() == before[n][0] and torch.equal(p, before[n][1]), n
@@ -81,3 +82,16 @@ def test_auto_folds_on_cpu_and_a_plain_model_is_left_alone(tiny_path):
     assert models._foldable_lora_layers(plain) == []
     with models.folded_lora(plain, True) as m:
         assert m is plain
+
+
+def test_an_adapter_switched_off_stays_off_and_folding_twice_folds_once(tiny_path):
+    model = adapted(tiny_path)
+    ids = torch.randint(0, model.config.vocab_size, (2, 8))
+    with torch.no_grad():
+        adapted_logits = model(ids).logits
+        with model.disable_adapter():
+            plain_logits = model(ids).logits
+            with models.folded_lora(model, True):  # a reference pass generating: the base, not the adapter
+                assert torch.equal(model(ids).logits, plain_logits)
+        with models.folded_lora(model, True), models.folded_lora(model, True):
+            assert torch.allclose(model(ids).logits, adapted_logits, atol=1e-5, rtol=1e-5)

@@ -41,6 +41,7 @@ _TRAIN_HIGHLIGHTS = (
     "missing_eos_penalty",
     # GRPO (lowtune.config.grpo.GRPOConfig)
     "skip_zero_advantage",
+    "folded_generation",
     # rejection sampling (lowtune.config.rejection_sampling.RejectionSamplingConfig)
     "num_generations",
     "max_completion_length",
