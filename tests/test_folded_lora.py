@@ -26,13 +26,18 @@ def base_weights(model):
     return {n: p for n, p in model.named_parameters() if "lora_" not in n}
 
 
-def test_folded_model_is_the_adapted_model_and_the_base_comes_back_untouched(tiny_path):
-    model = adapted(tiny_path)
-    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+def with_and_without_adapter(model, ids):
+    """The logits of `ids` with the adapter, and with it switched off."""
     with torch.no_grad():
         adapted_logits = model(ids).logits
         with model.disable_adapter():
-            plain_logits = model(ids).logits
+            return adapted_logits, model(ids).logits
+
+
+def test_folded_model_is_the_adapted_model_and_the_base_comes_back_untouched(tiny_path):
+    model = adapted(tiny_path)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    adapted_logits, plain_logits = with_and_without_adapter(model, ids)
     assert not torch.allclose(adapted_logits, plain_logits, atol=1e-3)  # the adapter changes the model
     before = {n: (p.data_ptr(), p.detach().clone()) for n, p in base_weights(model).items()}
     foldable = len(models._foldable_lora_layers(model))
@@ -87,11 +92,9 @@ def test_auto_folds_on_cpu_and_a_plain_model_is_left_alone(tiny_path):
 def test_an_adapter_switched_off_stays_off_and_folding_twice_folds_once(tiny_path):
     model = adapted(tiny_path)
     ids = torch.randint(0, model.config.vocab_size, (2, 8))
+    adapted_logits, plain_logits = with_and_without_adapter(model, ids)
     with torch.no_grad():
-        adapted_logits = model(ids).logits
-        with model.disable_adapter():
-            plain_logits = model(ids).logits
-            with models.folded_lora(model, True):  # a reference pass generating: the base, not the adapter
-                assert torch.equal(model(ids).logits, plain_logits)
+        with model.disable_adapter(), models.folded_lora(model, True):  # a reference pass: the base, not the adapter
+            assert torch.equal(model(ids).logits, plain_logits)
         with models.folded_lora(model, True), models.folded_lora(model, True):
             assert torch.allclose(model(ids).logits, adapted_logits, atol=1e-5, rtol=1e-5)
