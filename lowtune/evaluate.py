@@ -178,8 +178,9 @@ def heldout_accuracy(model, tokenizer, recipe: Recipe, before: bool = False) -> 
     common = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, system_prompt=recipe.system_prompt(),
                   tools=[load_tool(t) for t in cfg.tools])  # fmt: skip
     data = recipe.data
+    steps = cfg.steps or (data.steps[0] if isinstance(data.steps, list) else data.steps)  # a mix: its first level
     problems = heldout_problems(cfg.task, cfg.n, cfg.digits or data.digits, cfg.operations or data.operations,
-                                cfg.operands or data.operands, cfg.steps or data.steps, cfg.data)  # fmt: skip
+                                cfg.operands or data.operands, steps, cfg.data)  # fmt: skip
     result = accuracy(model, tokenizer, problems, **common)
     return HeldoutAccuracy(
         task=cfg.task, n=result.n, accuracy=result.accuracy, example=result.examples[0][1],

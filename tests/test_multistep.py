@@ -9,6 +9,7 @@ import pytest
 from lowtune import data, evaluate
 from lowtune.config import DataConfig, load_recipe
 from lowtune.data import multistep
+from lowtune.data.rows import read_rows
 from lowtune.errors import LowtuneError
 from lowtune.rewards import extract_answer, format_reward, to_number
 
@@ -89,6 +90,21 @@ def test_the_difficulty_knob_sets_the_operand_count_and_digits():
         multistep.heldout(501)
 
 
+def test_a_list_of_steps_mixes_the_levels_in_turn_each_kept_from_its_heldout_set():
+    mix = multistep.train(301, digits=1, steps=[3, 4], seed=5)
+    levels = [len(p.steps) for p in mix]
+    assert levels == [3, 4] * 150 + [3]  # in turn; the first level takes the odd one
+    assert [p for p in mix if len(p.steps) == 4] == multistep.train(150, 1, 4, seed=5)  # each level as drawn alone
+    for steps in (3, 4):
+        assert not {p for p in mix if len(p.steps) == steps} & set(multistep.heldout(500, 1, steps))
+    rows = [row for _, row in read_rows(DataConfig(source="multistep", n_train=4, steps=[4, 2], digits=1))]
+    assert [len(re.findall(r"\d+", r["messages"][0]["content"])) for r in rows] == [5, 3, 5, 3]
+    with pytest.raises(LowtuneError, match="data.steps lists each level once"):
+        load_recipe(None, ["data.source=multistep", "data.steps=3,3"])
+    with pytest.raises(LowtuneError, match=r"data.steps must be 2..4, got \[3, 5\]"):
+        load_recipe(None, ["data.source=multistep", "data.steps=3,5"])
+
+
 def test_multistep_rows_for_sft_and_grpo():
     cfg = DataConfig(source="multistep", n_train=6, steps=2, digits=2, seed=4)
     problems = multistep.train(6, digits=2, steps=2, seed=4)
@@ -145,6 +161,9 @@ def test_eval_task_multistep_scores_the_heldout_problems_of_data_steps(monkeypat
     eval_steps = load_recipe(None, ["data.source=multistep", "eval.task=multistep", "eval.steps=2", "eval.n=3"])
     assert evaluate.heldout_accuracy(_Model(), _words, eval_steps).accuracy == 1.0
     assert seen[5:] == [p.question for p in multistep.heldout(3, 2, 2)]
+    mixed = load_recipe(None, ["data.source=multistep", "data.steps=[4, 2]", "eval.task=multistep", "eval.n=3"])
+    assert evaluate.heldout_accuracy(_Model(), _words, mixed).accuracy == 1.0
+    assert seen[8:] == [p.question for p in multistep.heldout(3, 2, 4)]  # a mix is scored on its first level
 
 
 def test_recipes_explain_shows_the_multistep_and_gsm8k_fields(capsys):

@@ -201,7 +201,7 @@ class Section:
                 raise LowtuneError(f"{at(dotted)}: {dotted} must be positive, got {value}")
             if "between" in meta:
                 low, high = meta["between"]
-                if not low <= value <= high:
+                if not all(low <= v <= high for v in (value if isinstance(value, list) else [value])):
                     raise LowtuneError(f"{at(dotted)}: {dotted} must be {low}..{high}, got {value}")
 
     @classmethod
@@ -334,8 +334,9 @@ class DataConfig(Section):
         "operations the arithmetic task draws from", choices=OPERATIONS, default_factory=lambda: ["+"]
     )
     operands: int = _doc("arithmetic: operands per problem", between=(2, 4), default=2)
-    steps: int = _doc(
-        "multistep: operations per problem, one step of its worked trace each (2: 3 operands ... 4: 5 operands)",
+    steps: int | list[int] = _doc(
+        "multistep: operations per problem, one step of its worked trace each (2: 3 operands ... 4: 5 operands); "
+        "a list mixes levels in equal shares, e.g. [3, 4]",
         between=(2, 4),
         default=3,
     )
@@ -349,6 +350,8 @@ class DataConfig(Section):
         heldout, dotted = self.heldout, f"{name}.heldout"
         if heldout is not None and (heldout < 0 or (isinstance(heldout, float) and heldout >= 1)):
             raise LowtuneError(f"{at(dotted)}: {dotted} is a row count or a fraction in [0, 1), got {heldout}")
+        if isinstance(self.steps, list) and (not self.steps or len(set(self.steps)) < len(self.steps)):
+            raise LowtuneError(f"{at(name + '.steps')}: {name}.steps lists each level once, e.g. [3, 4]; got {self.steps}")
         super().check(name, at)
 
 
@@ -381,7 +384,9 @@ class EvalConfig(Section):
     digits: int | None = _doc("digits per operand (default: data.digits)", default=None)
     operations: list[str] | None = _doc("operations (default: data.operations)", choices=OPERATIONS, default=None)
     operands: int | None = _doc("operands per problem (default: data.operands)", between=(2, 4), default=None)
-    steps: int | None = _doc("multistep: operations per problem (default: data.steps)", between=(2, 4), default=None)
+    steps: int | None = _doc(
+        "multistep: operations per problem (default: data.steps, the first level of a list)", between=(2, 4), default=None
+    )
     data: str | None = _doc(
         "gsm8k: a data file of GSM8K rows (question, answer ending in `#### n`), e.g. GSM8K's test split",
         default=None,

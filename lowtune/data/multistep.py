@@ -9,10 +9,13 @@ at least 0. Difficulty: `steps`, and `digits` of the numbers added and subtracte
 
 Deterministic by seed. The held-out set depends only on (digits, steps) and is drawn first; training problems
 are drawn from the rest, so the two never overlap whatever the training seed (as `lowtune.data.arithmetic`).
+Training problems may mix difficulties: `steps` a list draws each level's share from its own space and takes the
+levels in turn ([3, 4]: a 4-operand problem, a 5-operand one, ...).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 
@@ -147,7 +150,17 @@ def heldout(n: int, digits: int = 2, steps: int = 3) -> list[Problem]:
     return _unique(random.Random(f"{HELDOUT_SEED}-{digits}-{steps}"), HELDOUT_SIZE, digits, steps, set())[:n]
 
 
-def train(n: int, digits: int = 2, steps: int = 3, seed: int = 0) -> list[Problem]:
-    """`n` distinct training problems, none of them in the held-out set."""
+def train(n: int, digits: int = 2, steps: int | list[int] = 3, seed: int = 0) -> list[Problem]:
+    """`n` distinct training problems, none of them in the held-out set of their level.
+
+    `steps` a list mixes levels: the first `n % len(steps)` levels get one problem more, and the problems come
+    a level at a time in the listed order, round after round.
+    """
+    if isinstance(steps, list):
+        if not steps or len(set(steps)) != len(steps):
+            raise LowtuneError(f"multistep steps {steps}: list each level once, e.g. [3, 4]")
+        k = len(steps)
+        per_level = [train(n // k + (i < n % k), digits, s, seed) for i, s in enumerate(steps)]
+        return [p for round_ in itertools.zip_longest(*per_level) for p in round_ if p is not None]
     exclude = set(heldout(HELDOUT_SIZE, digits, steps))
     return _unique(random.Random(seed), n, digits, steps, exclude)
