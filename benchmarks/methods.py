@@ -285,7 +285,7 @@ def main() -> None:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=8.0, help="training minutes per method (default)")
     budget.add_argument("--steps", type=int, help="optimizer steps per method instead of minutes")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="recipe overrides for every method (e.g. train.beta=0.5): a tuning study")  # fmt: skip
     parser.add_argument(
         "--constant-lr",

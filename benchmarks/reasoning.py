@@ -297,7 +297,7 @@ def main() -> None:
     parser.add_argument("--n-curve", type=int, help="held-out 4-operand problems per curve point (default 50)")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--length-weight", type=float, default=0.1, help="cold_start_grpo_length's length reward")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="recipe overrides for every arm run (a pipeline stage's: stages.2.train.beta=0.04): "
                         "a tuning study, written under its own --name; a second seed needs a stage's train.seed "
                         "other than its data.seed, which train.seed follows (1 in r1's GRPO stage)")  # fmt: skip

@@ -185,3 +185,19 @@ def test_the_later_stage_arms_refuse_to_run_without_a_cold_start(tmp_path, monke
         reasoning.main()
     assert "the arms grpo_rs, rs_only train r1's later stages from a cold start" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_set_given_twice_keeps_both_overrides(tmp_path, monkeypatch):
+    """`--set A --set B` is A and B, as `--set A B` is (argparse's plain nargs would keep only the last --set)."""
+    seen = {}
+
+    def stop(script, arm, cfg, workdir):
+        seen.update(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(reasoning, "run_worker", stop)
+    argv = "reasoning.py --only base --quick --model tiny-random --set a=1 --set b=2 c=3 --out".split()
+    monkeypatch.setattr(sys, "argv", [*argv, str(tmp_path)])
+    with pytest.raises(SystemExit):
+        reasoning.main()
+    assert seen["set"] == ["a=1", "b=2", "c=3"]
