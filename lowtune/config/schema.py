@@ -351,7 +351,9 @@ class DataConfig(Section):
         if heldout is not None and (heldout < 0 or (isinstance(heldout, float) and heldout >= 1)):
             raise LowtuneError(f"{at(dotted)}: {dotted} is a row count or a fraction in [0, 1), got {heldout}")
         if isinstance(self.steps, list) and (not self.steps or len(set(self.steps)) < len(self.steps)):
-            raise LowtuneError(f"{at(name + '.steps')}: {name}.steps lists each level once, e.g. [3, 4]; got {self.steps}")
+            raise LowtuneError(
+                f"{at(name + '.steps')}: {name}.steps lists each level once, e.g. [3, 4]; got {self.steps}"
+            )
         super().check(name, at)
 
 
@@ -385,7 +387,9 @@ class EvalConfig(Section):
     operations: list[str] | None = _doc("operations (default: data.operations)", choices=OPERATIONS, default=None)
     operands: int | None = _doc("operands per problem (default: data.operands)", between=(2, 4), default=None)
     steps: int | None = _doc(
-        "multistep: operations per problem (default: data.steps, the first level of a list)", between=(2, 4), default=None
+        "multistep: operations per problem (default: data.steps, the first level of a list)",
+        between=(2, 4),
+        default=None,
     )
     data: str | None = _doc(
         "gsm8k: a data file of GSM8K rows (question, answer ending in `#### n`), e.g. GSM8K's test split",
