@@ -153,12 +153,10 @@ def heldout(n: int, digits: int = 2, steps: int = 3) -> list[Problem]:
 def train(n: int, digits: int = 2, steps: int | list[int] = 3, seed: int = 0) -> list[Problem]:
     """`n` distinct training problems, none of them in the held-out set of their level.
 
-    `steps` a list mixes levels: the first `n % len(steps)` levels get one problem more, and the problems come
-    a level at a time in the listed order, round after round.
+    `steps` a list mixes levels (each listed once: `DataConfig.check` sees to it): the first `n % len(steps)` levels
+    get one problem more, and the problems come a level at a time in the listed order, round after round.
     """
     if isinstance(steps, list):
-        if not steps or len(set(steps)) != len(steps):
-            raise LowtuneError(f"multistep steps {steps}: list each level once, e.g. [3, 4]")
         k = len(steps)
         per_level = [train(n // k + (i < n % k), digits, s, seed) for i, s in enumerate(steps)]
         return [p for round_ in itertools.zip_longest(*per_level) for p in round_ if p is not None]
